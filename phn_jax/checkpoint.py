@@ -1,10 +1,12 @@
-"""Checkpoints of a continual-learning run: orbax `CheckpointManager`, one step per experience.
+"""Checkpoints of a continual-learning run: orbax `CheckpointManager`.
 
-Checkpoint step t holds everything the run needs to go on after experience t:
-  state  the strategy's state pytree (parameters, optimizer state, targets, statistics, the
-         run's random key), restored into the structure and dtypes of a freshly initialised one;
-  meta   JSON: the resolved config, the completed experience, the accuracy matrix and times so
-         far, the training history, and a format version.
+A checkpoint holds everything the run needs to go on from where it was written (after an
+experience, or between two epochs of one; the engine numbers steps by epochs completed):
+  state  the strategy's state pytree (parameters, optimizer state, targets, statistics),
+         restored into the structure, dtypes and shardings of a freshly initialised one;
+  meta   JSON: the resolved config, the run's progress (accuracy matrices, times, training
+         history, experience and epoch), and a format version.
+Every process of a multi-process run calls `save` and `restore_latest` (orbax coordinates them).
 orbax writes a step to a temporary directory and renames it when complete, so a run killed
 while saving leaves the previous checkpoints intact.
 """
@@ -17,7 +19,7 @@ from pathlib import Path
 import jax
 import orbax.checkpoint as ocp
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 CHECKPOINT_DIR = "checkpoints"
 
 
@@ -73,7 +75,9 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state, config: dict, ig
     if diffs:
         raise CheckpointError(f"checkpoint {where} belongs to a different config:\n  " + "\n  ".join(diffs) +
                               "\nResume with the config the run started with, or start a new --workdir.")
-    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, abstract_state)
+    # the shardings of `abstract_state` too (replicated over the run's mesh), not the saving run's devices
+    abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                                      abstract_state)
     try:
         state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
     except Exception as err:

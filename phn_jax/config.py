@@ -53,11 +53,14 @@ def base_config(stream: str) -> ml_collections.ConfigDict:
         replay_coef=1.0,            # lr: c in CE(current) + c·CE(replayed); 0: Naive with a frozen trunk
     ))
     c.optim = ml_collections.ConfigDict(dict(lr=1e-3, eps_root=0.0))
-    c.train = ml_collections.ConfigDict(dict(epochs=100, batch_size=64, eval_batch_size=256, progress=True))
+    # num_devices: the mesh's devices (0: every device of every process); batch sizes are global
+    c.train = ml_collections.ConfigDict(dict(epochs=100, batch_size=64, eval_batch_size=256, progress=True,
+                                             num_devices=0))
     # task_inference: also evaluate without task ids, the task inferred by predictive entropy (von
     # Oswald et al.'s HNET+ENT), for strategies that can (hn): class-incremental and task-inference accuracy
     c.eval = ml_collections.ConfigDict(dict(task_inference=True))
-    c.checkpoint = ml_collections.ConfigDict(dict(max_to_keep=2))
+    # a checkpoint after every experience, and between epochs every `every_minutes`
+    c.checkpoint = ml_collections.ConfigDict(dict(max_to_keep=2, every_minutes=5.0))
     return c
 
 

@@ -319,22 +319,22 @@ def write_report(workdir: str | os.PathLike, summary: Mapping[str, Any]) -> list
 
 
 def open_run_log(
-    workdir: str | os.PathLike, *, stream: IO[str] | None = None, level: int = logging.INFO
+    workdir: str | os.PathLike, *, stream: IO[str] | None = None, level: int = logging.INFO, to_file: bool = True
 ) -> logging.Logger:
-    """A logger writing to ``workdir/log.txt`` (appended) and to ``stream`` (default stdout).
+    """A logger writing to ``workdir/log.txt`` (appended; not with ``to_file=False``: the processes
+    other than 0 of a multi-process run) and to ``stream`` (default stdout).
 
     The logger is private to this call (not registered in ``logging``'s global tree, so nothing
     leaks between runs or into other loggers); close it with :func:`close_run_log` or use
     :func:`run_log`.
     """
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     logger = logging.Logger(f"phn_jax.run[{workdir}]", level)
     formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
-    handlers = (
-        logging.FileHandler(workdir / LOG_TXT, mode="a", encoding="utf-8"),
-        logging.StreamHandler(sys.stdout if stream is None else stream),
-    )
+    handlers = [logging.StreamHandler(sys.stdout if stream is None else stream)]
+    if to_file:
+        workdir.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(workdir / LOG_TXT, mode="a", encoding="utf-8"))
     for handler in handlers:
         handler.setFormatter(formatter)
         logger.addHandler(handler)

@@ -37,9 +37,10 @@ def runs(tmp_path_factory):
     return out
 
 
-def _state(workdir, step):
+def _state(workdir, t, epochs=20):
+    """The state checkpointed after experience t (steps count epochs)."""
     mngr = checkpoint.manager(workdir)
-    return mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]["strategy"]
+    return mngr.restore((t + 1) * epochs, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
 
 
 def test_joint_is_the_upper_bound(runs):

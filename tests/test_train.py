@@ -22,7 +22,8 @@ def tiny_config(**overrides):
     c.data.conflict = False
     c.model.nf, c.model.num_classes = 4, 2
     c.strategy.freeze_depth = 2
-    c.train.update(epochs=40, batch_size=16, eval_batch_size=32, progress=False)
+    # one device of the test session's four (tests/conftest.py): test_devices compares meshes
+    c.train.update(epochs=40, batch_size=16, eval_batch_size=32, progress=False, num_devices=1)
     for key, value in overrides.items():
         node = c
         *path, leaf = key.split(".")
@@ -68,7 +69,11 @@ def test_run_directory(hn_run):
     assert json.loads((workdir / "stream.json").read_text())["class_order"] == [0, 1, 2, 3, 4, 5]
     history = (workdir / "train_history.csv").read_text().splitlines()
     assert len(history) == 1 + 3 * 40  # header + experiences x epochs
-    assert checkpoint.manager(workdir).all_steps() == [1, 2]  # max_to_keep=2, one per experience
+    # max_to_keep=2; steps count epochs: after experiences 2 and 3 of 40 epochs (no timed ones: 5 minutes)
+    assert checkpoint.manager(workdir).all_steps() == [80, 120]
+    assert not (workdir / "run.lock").exists()  # released at the end
+    runtime = json.loads((workdir / "runtime.json").read_text())
+    assert runtime["platform"] == "cpu" and runtime["mesh_shape"] == {"data": 1} and runtime["process_count"] == 1
     assert summary["memory"]["hypernetwork_params"] > 0
 
 
@@ -92,7 +97,7 @@ def test_evaluation_without_task_ids_and_memory_comparison(hn_run):
     config = tiny_config()
     stream = data.build_stream(config.data)
     strategy = create_strategy(config, stream)
-    state = _final_state(workdir)["strategy"]
+    state = _final_state(workdir)
     ctx = strategy.eval_context(state)
     for j, exp in enumerate(stream.experiences):
         x = data.preprocess(exp.preprocess, jax.random.key(0), exp.test_images, train=False)
@@ -119,7 +124,7 @@ def test_resume_equals_uninterrupted(hn_run, tmp_path, monkeypatch):
 
     def crash_after_experience_2(mngr, step, state, meta):
         save(mngr, step, state, meta)
-        if step == 1:
+        if step == 80:
             raise KeyboardInterrupt("killed after experience 2")
 
     monkeypatch.setattr(checkpoint, "save", crash_after_experience_2)
