@@ -2,29 +2,43 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed
+# ACCEL=cpu|cuda|tpu: which JAX `make install` puts into .venv (requirements[-cuda|-tpu].txt). Later
+# commands keep the one installed (.venv/accel), so `make cifar100` needs no ACCEL.
+ACCEL  ?= $(shell cat $(VENV)/accel 2>/dev/null || echo cpu)
+$(if $(filter $(ACCEL),cpu cuda tpu),,$(error ACCEL=$(ACCEL): use cpu (default), cuda (NVIDIA GPUs) or tpu (Cloud TPU VMs)))
+REQUIREMENTS := requirements$(if $(filter-out cpu,$(ACCEL)),-$(ACCEL)).txt
+STAMP  := $(VENV)/.installed-$(ACCEL)
 # pytest workers: the suite is dominated by XLA compilation, which parallelises across processes.
 WORKERS ?= 2
 
-.PHONY: help install test test-slow clean
+.PHONY: help install test test-system test-slow clean
 
 help:
 	@grep -E '^[a-z][a-zA-Z0-9_-]*:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): $(REQUIREMENTS) requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet -r $(REQUIREMENTS)
 	$(PY) -m pip install --quiet --no-deps -e .
+	rm -f $(VENV)/.installed-*; echo $(ACCEL) > $(VENV)/accel
 	touch $(STAMP)
 
-install: $(STAMP) ## create .venv and install the pinned requirements and phn_jax
+install: $(STAMP) ## create .venv with the pinned requirements and phn_jax; ACCEL=cpu (default)|cuda|tpu
 
-test: $(STAMP) ## run the test suite (skips tests marked slow); < 10 min on 2 cores
-	$(PY) -m pytest -q -m "not slow" -n $(WORKERS) --dist loadfile
+# The test processes (and the runs they start) share one persistent compilation cache, a fresh one
+# per session: a program compiled once is loaded by every other test process that needs it.
+TEST_CACHE = $(CURDIR)/.cache/jax-tests
+test: $(STAMP) ## run the test suite (skips tests marked slow or system); about 6 min on 2 cores
+	rm -rf $(TEST_CACHE)
+	JAX_COMPILATION_CACHE_DIR=$(TEST_CACHE) $(PY) -m pytest -q -m "not slow and not system" -n $(WORKERS) --dist loadfile
+
+test-system: $(STAMP) ## real runs in subprocesses: 2 processes x 2 devices, SIGTERM/SIGINT/SIGKILL and resume, locks; minutes
+	rm -rf $(TEST_CACHE)
+	JAX_COMPILATION_CACHE_DIR=$(TEST_CACHE) $(PY) -m pytest -q -m "system and not slow" -n $(WORKERS) --dist load
 
 test-slow: $(STAMP) ## run only the slow tests (training runs); "no tests ran" is not a failure
-	$(PY) -m pytest -q -m slow -n $(WORKERS) --dist loadfile || [ $$? -eq 5 ]
+	JAX_COMPILATION_CACHE_DIR=$(TEST_CACHE) $(PY) -m pytest -q -m slow -n $(WORKERS) --dist loadfile || [ $$? -eq 5 ]
 
 # ---- Experiments. Each run writes its own directory under $(RUNS); RESUME=1 continues an
 # interrupted one. The defaults are the paper's hyperparameters (phn_jax/config.py).
@@ -80,4 +94,4 @@ data: $(STAMP) ## prepare a dataset for tfds.data_source: DATASET=<name> [DATA_D
 	$(PY) -m phn_jax.data.prepare $(DATASET) $(if $(DATA_DIR),--data_dir $(DATA_DIR)) $(if $(MANUAL_DIR),--manual_dir $(MANUAL_DIR))
 
 clean: ## remove caches (keeps .venv, data and runs)
-	rm -rf .pytest_cache; find . -name __pycache__ -prune -exec rm -rf {} +
+	rm -rf .pytest_cache .cache; find . -name __pycache__ -prune -exec rm -rf {} +

@@ -14,7 +14,9 @@ all-reduce), so a step on n devices equals the step on one device up to float re
 from __future__ import annotations
 
 import dataclasses
+import os
 import socket
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -32,6 +34,17 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
     kwargs = {k: v for k, v in dict(coordinator_address=coordinator_address, num_processes=num_processes,
                                     process_id=process_id).items() if v is not None}
     jax.distributed.initialize(**kwargs)
+
+
+def enable_compilation_cache(directory: str | os.PathLike | None = None) -> str:
+    """JAX's persistent compilation cache, so that a resumed run, a second run of the same
+    configuration or another process of the same job loads its compiled steps instead of
+    compiling them again. Directory: `directory`, else $JAX_COMPILATION_CACHE_DIR, else
+    $XDG_CACHE_HOME/phn_jax/xla (~/.cache/phn_jax/xla). Returns it."""
+    directory = (directory or jax.config.jax_compilation_cache_dir
+                 or Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "phn_jax" / "xla")
+    jax.config.update("jax_compilation_cache_dir", str(directory))
+    return str(directory)
 
 
 def make_mesh(num_devices: int = 0) -> Mesh:

@@ -1,6 +1,8 @@
 """Every strategy end to end through the engine on one tiny synthetic stream (4 experiences x 2
-classes, 16x16, nf=4): Joint is the upper bound, Naive forgets more than HN and LR (c = 1), and
-the baselines' run directories, buffers and frozen parts are what they should be.
+classes, 16x16, nf=4): Joint is the upper bound, Naive forgets more than HN and LR (c = 1), the
+baselines' run directories, buffers and frozen parts are what they should be, and each strategy's
+step and evaluation on a 4-device mesh equal the 1-device ones (data parallelism; the 1-device
+programs are the runs' own, compiled once in this module).
 
 The stream is made hard enough to forget on: noisy prototypes (noise 0.6) and Adam at lr 3e-3,
 20 epochs per experience; 100 test samples per class, evaluated in one batch per experience (with
@@ -13,12 +15,14 @@ import sys
 from pathlib import Path
 
 import chex
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from test_train import tiny_config
 
-from phn_jax import checkpoint, metrics, train
+from phn_jax import checkpoint, metrics, runtime, train
+from phn_jax.strategies.base import TrainData
 
 ROOT = Path(__file__).parent.parent
 STRATEGIES = ("hn", "naive", "ewc", "lr", "joint")
@@ -100,3 +104,93 @@ def test_latent_replay_from_the_command_line_on_split_digits(tmp_path):
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["completed_experiences"] == 5 and saved["aca"] > 0.8
     assert saved["memory"]["replay_feature_shape"] == [8, 8, 40] and saved["memory"]["replay_buffer_filled"] == 200
+
+
+# ---------------------------------------------------------------------------------------------
+# Data parallelism: a step and an evaluation on a 4-device mesh equal the same on one device (same
+# global batch), for every strategy; four host CPU devices come from conftest.py.
+#
+# What is compared (DESIGN §6): Adam's first step is about −lr·sign(g), so parameters after it are
+# no test of the gradient (entries below the rounding noise flip sign). Adam's first moment after
+# one step from a fresh optimizer (every strategy resets it per experience) is (1 − b1)·g exactly:
+# comparing it compares the whole gradient, look-ahead included. Also the step's metrics (loss,
+# L_CE, the regulariser, cos(g1, g2), correct count), the state the strategy keeps between
+# experiences (EWC's Fisher, LR's buffer) and test accuracy.
+
+# case: (overrides, also compare experience 1's step: everything trains, no regulariser)
+DEVICE_CASES = {
+    "hn_first": ({"strategy.name": "hn"}, True),
+    "hn_second": ({"strategy.name": "hn", "strategy.order": "second", "optim.eps_root": 1e-8}, False),
+    "lr": ({"strategy.name": "lr"}, False),
+    "ewc": ({"strategy.name": "ewc"}, False),
+    "naive": ({"strategy.name": "naive"}, True),
+}
+REAL = 16  # real samples of each experience's (padded) training arrays: one step per epoch
+
+
+def _first_moments(state):
+    """Adam's first moments (mu) of every optimizer state in `state`, flattened, in one order."""
+    leaves = jax.tree_util.tree_flatten_with_path(state["opt"])[0]
+    mus = [np.asarray(v, np.float64).ravel() for path, v in leaves if "mu" in jax.tree_util.keystr(path)]
+    assert mus, "no Adam first moment in the state"
+    return np.concatenate(mus)
+
+
+def _on_mesh(case: str, num_devices: int, state0):
+    """From the host state `state0` on a mesh of `num_devices`: (experience 1's step or None, the
+    state after end_experience of experience 1, experience 2's step, test accuracy of state0 on
+    experience 1), each step as host (state, metrics)."""
+    overrides, first_step = DEVICE_CASES[case]
+    s = train.setup(tiny_config(**STREAM, **overrides, **{"train.num_devices": num_devices}))
+    rep = lambda tree: runtime.replicate(tree, s.mesh)
+    arrays = []
+    for t, exp in enumerate(s.stream.experiences[:2]):
+        mixed = np.random.default_rng(t).permutation(exp.train_labels.shape[0])  # both classes among the real
+        images, labels = rep((exp.train_images[mixed], exp.train_labels[mixed]))
+        arrays.append((images, labels, rep(np.full(labels.shape, t, np.int32)), REAL))
+
+    def step(state, t):
+        state = s.strategy.begin_experience(rep(state), t)
+        state, m = train.train_epoch(state, *arrays[t], t, jax.random.key(10 + t), strategy=s.strategy,
+                                     spec=s.stream.experiences[t].preprocess, batch_size=s.config.train.batch_size,
+                                     first=t == 0, mesh=s.mesh)
+        return jax.device_get((state, m))
+
+    step1 = step(state0, 0) if first_step else None
+    exp = s.stream.experiences[0]
+    after1 = s.strategy.end_experience(rep(state0), 0, TrainData(*arrays[0], exp.preprocess, jax.random.key(20)))
+    step2 = step(after1, 1)
+    x, y = rep((exp.test_images, exp.test_labels))
+    state = rep(state0)
+    acc = train.evaluate(state, s.strategy.eval_context(state), x, y, y.shape[0], 0, jax.random.key(30),
+                         strategy=s.strategy, spec=exp.preprocess, batch_size=s.config.train.eval_batch_size,
+                         mesh=s.mesh)
+    return step1, jax.device_get(after1), step2, float(acc)
+
+
+@pytest.mark.parametrize("case", list(DEVICE_CASES))
+def test_four_devices_equal_one(case, runs):
+    assert len(jax.devices()) == 4
+    s = train.setup(tiny_config(**STREAM, **DEVICE_CASES[case][0], **{"train.num_devices": 1}))
+    state0 = jax.device_get(train.init_state(jax.random.key(0), strategy=s.strategy))
+    step1, after1, step2, acc1 = _on_mesh(case, 1, state0)
+    step1_4, after1_4, step2_4, acc4 = _on_mesh(case, 4, state0)
+    for one, four in ((step1, step1_4), (step2, step2_4)):
+        if one is None:
+            continue
+        (s1, m1), (s4, m4) = one, four
+        assert m1["count"].tolist() == [REAL, 0, 0]  # one step: then Adam's first moment is 0.1·g
+        # float32 (DESIGN §6: ~1e-3 relative): L_H(ψ') ∝ ‖α·g1‖² doubles g1's relative error
+        for k in ("loss", "ce", "reg", "cos_g1_g2"):
+            np.testing.assert_allclose(m4[k], m1[k], rtol=1e-3, atol=1e-6, err_msg=k)
+        np.testing.assert_array_equal(m4["correct"], m1["correct"])
+        # the gradient: entrywise to 1e-3 relative or 1e-4 of its largest entry, as a vector to 1e-3
+        g1, g4 = _first_moments(s1), _first_moments(s4)
+        np.testing.assert_allclose(g4, g1, rtol=1e-3, atol=1e-4 * np.abs(g1).max())
+        assert np.linalg.norm(g4 - g1) <= 1e-3 * np.linalg.norm(g1)
+    # end_experience from the same state: EWC's importances, LR's buffer of features, HN unchanged
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6), after1, after1_4)
+    if case.startswith("hn"):  # experience 2 regularises towards experience 1's outputs
+        assert step2[1]["reg"][0] > 0
+    # evaluation of the same state, its test batch of 200 split over 4 devices
+    assert acc4 == acc1 and acc1 > 0

@@ -1,6 +1,7 @@
 """The engine end to end on a tiny synthetic stream: forgetting with and without the regulariser,
 resume after an interruption, and the errors that protect a run."""
 import json
+from pathlib import Path
 
 import chex
 import jax
@@ -9,21 +10,18 @@ import orbax.checkpoint as ocp
 import pytest
 
 from phn_jax import checkpoint, data, train
-from phn_jax.config import base_config
+from phn_jax.config import base_config, load_config
 from phn_jax.strategies import create_strategy
+
+ROOT = Path(__file__).parent.parent
 
 
 def tiny_config(**overrides):
-    """3 experiences x 2 classes of 16x16 prototypes + noise (each class its own prototype); a slim
-    ResNet with nf=4."""
-    c = base_config("synthetic")
-    # 16x16: stage 4 keeps 2x2 pixels for the per-sample (instance) norm of the generated layers
-    c.data.train_per_class, c.data.test_per_class, c.data.image_size = 24, 16, 16
-    c.data.conflict = False
-    c.model.nf, c.model.num_classes = 4, 2
-    c.strategy.freeze_depth = 2
-    # one device of the test session's four (tests/conftest.py): test_devices compares meshes
-    c.train.update(epochs=40, batch_size=16, eval_batch_size=32, progress=False, num_devices=1)
+    """experiments/configs/smoke.py (3 experiences x 2 classes of 16x16 prototypes + noise, each class
+    its own prototype; a slim ResNet with nf=4) with 40 epochs, on one device of the test session's
+    four (tests/conftest.py; test_devices compares meshes), and `overrides` ('a.b': value)."""
+    c = load_config(ROOT / "experiments" / "configs" / "smoke.py")
+    c.train.update(epochs=40, progress=False, num_devices=1)
     for key, value in overrides.items():
         node = c
         *path, leaf = key.split(".")

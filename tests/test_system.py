@@ -1,0 +1,124 @@
+"""A run survives being stopped or killed at any moment, and owns its run directory: real runs of
+`python -m phn_jax.main` in subprocesses (experiments/configs/smoke.py, 3 experiences x 20 epochs;
+a process spends its first seconds tracing the steps, then each epoch takes tens of milliseconds).
+
+Every interrupted run, resumed, ends with exactly the uninterrupted run's accuracy matrix and final
+state (bit for bit: same machine, same device count)."""
+import json
+import random
+import signal
+import time
+
+import chex
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+import cli
+from phn_jax import checkpoint
+
+pytestmark = pytest.mark.system
+ARGS = ("--config.train.epochs=20", "--config.eval.task_inference=False")
+# a checkpoint at (nearly) every epoch: every_minutes of 0.03 s
+OFTEN = ("--config.checkpoint.every_minutes=0.0005",)
+
+
+def _final(workdir):
+    """(accuracy matrix, the state of the latest checkpoint)."""
+    matrix = json.loads((workdir / "metrics.json").read_text())["accuracy_matrix"]
+    mngr = checkpoint.manager(workdir)
+    state = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    return matrix, state
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    done = cli.run(workdir, *ARGS)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return _final(workdir)
+
+
+def _assert_identical(workdir, uninterrupted):
+    matrix, state = _final(workdir)
+    assert matrix == uninterrupted[0]
+    chex.assert_trees_all_equal(state, uninterrupted[1])
+    assert not (workdir / "run.lock").exists()
+
+
+def _resume(workdir, *extra):
+    done = cli.run(workdir, *ARGS, *extra, "--resume")
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def test_sigterm_and_sigint_save_say_how_to_resume_and_resume_identically(tmp_path, uninterrupted):
+    run = cli.start(tmp_path, *ARGS)
+    cli.wait_ready(run)
+    run.send_signal(signal.SIGTERM)
+    rc, out = cli.finish(run)
+    assert rc == 128 + signal.SIGTERM, out
+    assert "stopped by SIGTERM in experience 1, after epoch 1 of 20: a checkpoint is saved" in out
+    assert "--resume (make ... RESUME=1)" in out and "Traceback" not in out
+    assert checkpoint.manager(tmp_path).latest_step() == 1  # after epoch 1 of experience 1
+
+    run = cli.start(tmp_path, *ARGS, "--resume")
+    for line in run.stdout:  # SIGINT (Ctrl-C) once experience 1 is done
+        if "experience 1/3:" in line:
+            run.send_signal(signal.SIGINT)
+            break
+    rc, out = cli.finish(run)
+    assert rc == 128 + signal.SIGINT, out
+    assert "stopped by SIGINT" in out and "Traceback" not in out and "KeyboardInterrupt" not in out
+    assert json.loads((tmp_path / "metrics.json").read_text())["completed_experiences"] >= 1
+
+    _resume(tmp_path)
+    _assert_identical(tmp_path, uninterrupted)
+
+
+def test_a_second_run_on_a_workdir_in_use_is_refused_and_the_first_unharmed(tmp_path, uninterrupted):
+    first = cli.start(tmp_path, *ARGS)
+    cli.wait_ready(first)
+    for extra in ((), ("--resume",)):
+        second = cli.run(tmp_path, *ARGS, *extra, timeout=120)
+        assert second.returncode == 2, second.stdout + second.stderr
+        assert f"is in use by process {first.pid} on" in second.stderr and "Traceback" not in second.stderr
+    rc, out = cli.finish(first)
+    assert rc == 0, out
+    _assert_identical(tmp_path, uninterrupted)
+
+
+def kill_and_resume(workdir, kills: int, seed: int = 0) -> list[float]:
+    """SIGKILLs the run at `kills` random moments (seeded), resuming after each, then lets it finish.
+    Returns the work lost by each kill: seconds since the last checkpoint (or since the run
+    started, before the first)."""
+    rng, lost = random.Random(seed), []
+    for k in range(kills):
+        run = cli.start(workdir, *ARGS, *OFTEN, *(("--resume",) if k else ()))
+        cli.wait_ready(run)
+        started = time.time()
+        time.sleep(rng.uniform(1.0, 12.0))
+        run.kill()
+        run.communicate()
+        if run.returncode != -signal.SIGKILL:  # it had finished: nothing to kill
+            continue
+        done = [p for p in (workdir / checkpoint.CHECKPOINT_DIR).iterdir() if p.name.isdigit()]
+        last = max((p.stat().st_mtime for p in done), default=started)
+        lost.append(max(time.time() - max(last, started), 0.0))
+    _resume(workdir, *OFTEN)
+    return lost
+
+
+def test_sigkill_at_three_random_moments_resumes_identically(tmp_path, uninterrupted):
+    lost = kill_and_resume(tmp_path, kills=3)
+    assert len(lost) >= 2, lost  # the run was still going for most kills
+    _assert_identical(tmp_path, uninterrupted)
+    assert "resumed from the checkpoint" in (tmp_path / "log.txt").read_text()
+
+
+@pytest.mark.slow
+def test_sigkill_twenty_times(tmp_path, uninterrupted):
+    lost = kill_and_resume(tmp_path, kills=20, seed=1)
+    _assert_identical(tmp_path, uninterrupted)
+    print(f"\n{len(lost)}/20 kills hit a running run; work lost per kill: median {np.median(lost):.2f} s, "
+          f"largest {max(lost):.2f} s")
