@@ -31,7 +31,7 @@ install: $(STAMP) ## create .venv with the pinned requirements and phn_jax; ACCE
 TEST_CACHE = $(CURDIR)/.cache/jax-tests
 test: $(STAMP) ## run the test suite (skips tests marked slow or system); about 6 min on 2 cores
 	rm -rf $(TEST_CACHE)
-	JAX_COMPILATION_CACHE_DIR=$(TEST_CACHE) $(PY) -m pytest -q -m "not slow and not system" -n $(WORKERS) --dist loadfile
+	JAX_COMPILATION_CACHE_DIR=$(TEST_CACHE) $(PY) -m pytest -q -m "not slow and not system" -n $(WORKERS) --dist loadfile --no-loadscope-reorder
 
 test-system: $(STAMP) ## real runs in subprocesses: 2 processes x 2 devices, SIGTERM/SIGINT/SIGKILL and resume, locks; minutes
 	rm -rf $(TEST_CACHE)

@@ -12,8 +12,12 @@ while saving leaves the previous checkpoints intact.
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import os
+import sys
+import time
 from pathlib import Path
 
 import jax
@@ -21,6 +25,7 @@ import orbax.checkpoint as ocp
 
 FORMAT_VERSION = 2
 CHECKPOINT_DIR = "checkpoints"
+DAMAGED_DIR = "checkpoints-damaged"  # damaged checkpoints moved aside, for inspection
 
 
 class CheckpointError(RuntimeError):
@@ -51,23 +56,44 @@ def _config_diff(saved: dict, current: dict, prefix: str = "") -> list[str]:
     return diffs
 
 
-def restore_latest(mngr: ocp.CheckpointManager, abstract_state, config: dict, ignore: tuple[str, ...] = ()):
-    """(step, state, meta) of the latest checkpoint, or None if there is none.
+class _Damaged(Exception):
+    """A checkpoint that cannot be read: its files are truncated, garbled or missing."""
 
-    Raises CheckpointError if the checkpoint was written by a different config (fields listed in
-    `ignore`, e.g. the number of epochs' progress bar, may differ), or cannot be read into the
-    structure of `abstract_state`.
-    """
-    step = mngr.latest_step()
-    if step is None:
-        return None
+
+def _first_line(err: Exception, limit: int = 160) -> str:
+    """orbax/TensorStore errors carry pages of spec: the first line says what is wrong."""
+    line = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". See full TensorStore")[0]
+    return line if len(line) <= limit else line[:limit] + "..."
+
+
+@contextlib.contextmanager
+def _stderr_to(path: Path):
+    """Sends the process's stderr (file descriptor 2: TensorStore's and orbax's threads print pages
+    of spec and tracebacks there when a read fails) to `path` for the duration, and a moment after."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "w") as f, contextlib.redirect_stderr(f):  # Python's writes too, where sys.stderr is not fd 2
+        os.dup2(f.fileno(), 2)
+        try:
+            yield
+        finally:
+            time.sleep(0.5)  # the failing read's callbacks report from other threads,
+            gc.collect()  # and its abandoned coroutines when they are collected
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _restore(mngr: ocp.CheckpointManager, step: int, abstract, config: dict, ignore: tuple[str, ...]):
+    """(state, meta) of checkpoint `step`; _Damaged when it cannot be read, CheckpointError when it
+    is of another config or format."""
     where = Path(mngr.directory) / str(step)
     try:
         meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
     except Exception as err:  # orbax raises many types for a damaged directory
-        raise CheckpointError(f"cannot read the checkpoint metadata in {where}: {err}. The directory is "
-                              "damaged: delete it to resume from the previous checkpoint, or start a new "
-                              "--workdir") from err
+        raise _Damaged(f"its metadata cannot be read ({_first_line(err)})") from err
+    if not isinstance(meta, dict):
+        raise _Damaged("its metadata is not a JSON object")
     if meta.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"checkpoint {where} has format version {meta.get('format_version')!r}, "
                               f"this phn_jax writes {FORMAT_VERSION}: start a new --workdir")
@@ -75,13 +101,53 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state, config: dict, ig
     if diffs:
         raise CheckpointError(f"checkpoint {where} belongs to a different config:\n  " + "\n  ".join(diffs) +
                               "\nResume with the config the run started with, or start a new --workdir.")
-    # the shardings of `abstract_state` too (replicated over the run's mesh), not the saving run's devices
-    abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                                      abstract_state)
     try:
         state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
     except Exception as err:
-        raise CheckpointError(f"cannot restore the state in {where} into this run's structure: {err}. "
-                              "The checkpoint is damaged or from another version of the code: delete it to "
-                              "resume from the previous one, or start a new --workdir") from err
-    return step, state, meta
+        raise _Damaged(f"its arrays cannot be read ({_first_line(err)})") from err
+    return state, meta
+
+
+def restore_latest(mngr: ocp.CheckpointManager, abstract_state, config: dict, ignore: tuple[str, ...] = (),
+                   log=None, move: bool = True):
+    """(step, state, meta) of the newest intact checkpoint, or None if there is none.
+
+    A damaged checkpoint (a truncated, garbled or missing file) is named in one sentence (`log`,
+    a logger), moved aside to `checkpoints-damaged/` beside `checkpoints/` for inspection, and the
+    next newest is tried (`move=False`: not moved; the processes other than 0 of a multi-process
+    run leave the moving to process 0). When none is intact, CheckpointError, and nothing is moved.
+    Raises CheckpointError too if a checkpoint was written by a different config (fields listed
+    in `ignore`, e.g. the progress bar, may differ) or format.
+    """
+    steps = sorted(mngr.all_steps(), reverse=True)
+    if not steps:
+        return None
+    # the shardings of `abstract_state` too (replicated over the run's mesh), not the saving run's devices
+    abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                                      abstract_state)
+    damaged = []
+    for step in steps:
+        errors = Path(mngr.directory) / str(step) / "restore_errors.txt"  # what orbax printed, for inspection
+        try:
+            with _stderr_to(errors):
+                state, meta = _restore(mngr, step, abstract, config, ignore)
+        except _Damaged as err:
+            damaged.append((step, str(err)))
+            continue
+        errors.unlink()
+        aside = Path(mngr.directory).parent / DAMAGED_DIR
+        for bad, why in damaged:
+            target = aside / f"{bad}-{time.strftime('%Y%m%d-%H%M%S')}"
+            if move:
+                aside.mkdir(exist_ok=True)
+                os.replace(Path(mngr.directory) / str(bad), target)
+            if log is not None:
+                log.warning("checkpoint %d is damaged: %s; moved to %s, resuming from checkpoint %d", bad, why,
+                            target, step)
+        if damaged and move:
+            mngr.reload()
+        return step, state, meta
+    raise CheckpointError(
+        f"no intact checkpoint in {mngr.directory}: " + "; ".join(f"checkpoint {s}: {why}" for s, why in damaged) +
+        f". Nothing was moved or deleted (what orbax reported is in each checkpoint's restore_errors.txt); start a "
+        "new --workdir, or restore the files from a backup.")

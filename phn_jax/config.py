@@ -9,12 +9,15 @@ embedding 32, MLP 50/32, conv-head embedding 32, 10 outputs per task head.
 from __future__ import annotations
 
 import importlib.util
+import math
+import numbers
 import os
 from pathlib import Path
 
 import ml_collections
 
-from phn_jax.data import default_data_config
+from phn_jax import hypernetwork, lookahead, models
+from phn_jax.data import STREAMS, default_data_config
 
 
 def base_config(stream: str) -> ml_collections.ConfigDict:
@@ -92,3 +95,63 @@ def load_config(path: str | os.PathLike) -> ml_collections.ConfigDict:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config()
+
+
+class ConfigError(ValueError):
+    """Config values that cannot run; the message says what is wrong and what to do."""
+
+
+def _one_of(options):
+    return lambda v: v in options, "one of " + ", ".join(map(str, options))
+
+
+def _integer(low, high=None):
+    ok = lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool) and low <= v <= (high or v)
+    return ok, f"an integer from {low} to {high}" if high is not None else f"an integer ≥ {low}"
+
+
+def _number(low, strict):
+    ok = lambda v: (isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+                    and (v > low if strict else v >= low))
+    return ok, f"a finite number {'>' if strict else '≥'} {low}"
+
+
+# Every config value a run checks before anything is written: (field, (check, what it must be), why or
+# what to do). The strategies keep their own checks for library use; this table is the command line's.
+RULES = (
+    ("data.name", _one_of(STREAMS), "the stream to run (see the README's Data section)"),
+    ("strategy.name", _one_of(("hn", "naive", "ewc", "lr", "joint")), "hn is the paper's method; the rest are baselines"),
+    ("strategy.order", _one_of(lookahead.ORDERS), "the look-ahead's order (none: no look-ahead)"),
+    ("strategy.combine", _one_of(lookahead.COMBINES), "sum (reference code) or mean (the paper's Eq. 10)"),
+    ("strategy.lookahead_step", _one_of(lookahead.LOOKAHEAD_STEPS), "the virtual step: sgd (reference code) or "
+     "optimizer (von Oswald et al.)"),
+    ("model.norm", _one_of(models.NORM_MODES), "reference: the reference code's normalisation"),
+    ("hnet.kind", _one_of(hypernetwork.HNET_KINDS), "heads: the paper's per-tensor heads; chunked: von Oswald et al."),
+    ("strategy.freeze_depth", _integer(0, 4), "k frozen residual stages: 0 generates the whole network (HN-F), "
+     "4 only the classifier"),
+    ("train.epochs", _integer(1), "epochs per experience (the paper: 100)"),
+    ("train.batch_size", _integer(1), "the global training batch (the paper: 64)"),
+    ("train.eval_batch_size", _integer(1), "the global evaluation batch (the paper: 256)"),
+    ("train.num_devices", _integer(0), "0 uses every device"),
+    ("optim.lr", _number(0, strict=True), "Adam's learning rate (the paper: 1e-3)"),
+    ("strategy.beta", _number(0, strict=False), "β of the output regulariser (the paper: 0.5; 0 turns it off)"),
+    ("model.nf", _integer(1), "the slim ResNet's width (the paper: 20)"),
+    ("model.num_classes", _integer(1), "outputs of each task head"),
+    ("checkpoint.max_to_keep", _integer(1), "checkpoints kept; a run needs at least its latest to resume"),
+    ("checkpoint.every_minutes", _number(0, strict=True), "minutes between checkpoints inside an experience"),
+    ("seed", _integer(0), "the run's seed"),
+)
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Checks every rule of RULES; ConfigError naming each bad value, what it must be and why."""
+    problems = []
+    for field, (ok, must), why in RULES:
+        node = config
+        for part in field.split("."):
+            node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
+        if not ok(node):
+            problems.append(f"{field}={node!r} must be {must} ({why})")
+    if problems:
+        raise ConfigError("bad config: " + "; ".join(problems) + ". Change it in the config file or with "
+                          "--config.<field>=<value> on the command line.")

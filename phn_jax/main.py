@@ -11,6 +11,8 @@ another run); 128 + the signal's number when SIGTERM/SIGINT stopped the run afte
 """
 from __future__ import annotations
 
+import os
+import re
 import sys
 
 from absl import app, flags, logging
@@ -25,11 +27,45 @@ config_flags.DEFINE_config_file("config", None, "Experiment config file (experim
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory: config, metrics, plots, log, checkpoints.")
 flags.DEFINE_bool("resume", False, "Continue the run in --workdir from its latest checkpoint.")
+flags.DEFINE_bool("debug", False, "Show the traceback of an error instead of its one-paragraph message.")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host jobs).")
 flags.DEFINE_string("coordinator_address", None, "--distributed: process 0's host:port, where not auto-detected.")
 flags.DEFINE_integer("num_processes", None, "--distributed: the number of processes, where not auto-detected.")
 flags.DEFINE_integer("process_id", None, "--distributed: this process's index, where not auto-detected.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _flag_error(err: Exception, argv: list[str]) -> str:
+    """One paragraph for an error while reading the command line or the config file."""
+    text = str(err).replace("\\", "")
+    guess = re.search(r'Did you mean "([\w.]+)" instead of "([\w.]+)"', text)
+    if guess:
+        given = next((a.split("=")[0] for a in argv if re.search(rf"\.{guess[2]}(=|$)", a)), guess[2])
+        return (f"unknown config field in {given}: did you mean {guess[1]!r}? The fields are those of the config "
+                "file (phn_jax/config.py lists them with their meaning).")
+    if isinstance(err, SyntaxError):
+        return (f"the config file {err.filename} has a syntax error at line {err.lineno}: {err.msg}. Fix the "
+                "file, or pass another --config.")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return (f"cannot read the command line or the config file: {lines[-1] if lines else type(err).__name__}. "
+            "Check --config <file> (it must exist and define get_config()) and each --config.<field>=<value> "
+            "(a value of the field's type).")
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing (the config file is loaded and overridden here), its errors as one paragraph
+    and exit code 2; --debug shows the traceback."""
+    try:
+        argv = FLAGS(argv)
+        path = FLAGS["config"].config_filename
+        if path is not None and not os.path.isfile(path.split(":")[0]):
+            raise FileNotFoundError(f"no config file {path}")
+        return argv
+    except Exception as err:  # flags, the config file's import, overrides of unknown fields or types
+        if "--debug" in argv:
+            raise
+        print(f"error: {_flag_error(err, argv)}", file=sys.stderr)
+        sys.exit(2)
 
 
 def main(argv):
@@ -47,9 +83,11 @@ def main(argv):
         sys.exit(stop.exit_code)
     except (DatasetNotFoundError, CheckpointError, FileExistsError, rundir.RunLockedError, rundir.WorkdirError,
             train.NonFiniteLossError, ValueError) as err:
+        if FLAGS.debug:
+            raise
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -52,6 +52,7 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from phn_jax import checkpoint, data, metrics, report, rundir, runtime, task_inference
+from phn_jax.config import ConfigError, check_config
 from phn_jax.strategies import create_strategy
 from phn_jax.strategies.base import TrainData, masked_correct
 
@@ -201,16 +202,25 @@ class Setup:
 
 
 def setup(config) -> Setup:
-    """The stream (a missing dataset stops here with its clear error, before any compilation),
-    the strategy and the mesh of every device (`train.num_devices`: 0 = all)."""
+    """Checks the config (`phn_jax.config.RULES`), then builds the stream (a missing dataset stops
+    here with its clear error, before any compilation), the strategy and the mesh of every device
+    (`train.num_devices`: 0 = all), and checks the batch sizes against them. Raises ConfigError."""
+    check_config(config)
     stream = data.build_stream(config.data)
     strategy = create_strategy(config, stream)
     cumulative = getattr(strategy, "cumulative", False)
     _pipeline(stream, 0, cumulative)
-    mesh = runtime.make_mesh(config.train.get("num_devices", 0))
-    for name in ("batch_size", "eval_batch_size"):
-        if config.train[name] % mesh.size:
-            raise ValueError(f"train.{name}={config.train[name]} must be a multiple of the {mesh.size} devices")
+    mesh = runtime.make_mesh(config.train.num_devices)
+    smallest = min(e.train_labels.shape[0] for e in stream.experiences)
+    problems = [f"train.{name}={config.train[name]} is not a multiple of the {mesh.size} devices (each device "
+                "takes an equal share of a batch)" for name in ("batch_size", "eval_batch_size")
+                if config.train[name] % mesh.size]
+    if config.train.batch_size > smallest:
+        problems.append(f"train.batch_size={config.train.batch_size} is larger than the smallest experience "
+                        f"of stream {stream.name!r} ({smallest} training samples)")
+    if problems:
+        raise ConfigError("; ".join(problems) + ". Choose batch sizes that fit, with --config.train.batch_size= "
+                          "and --config.train.eval_batch_size=.")
     without = bool(config.eval.task_inference and task_inference.supports_task_inference(strategy))
     return Setup(config, stream, strategy, mesh, cumulative, without)
 
@@ -426,11 +436,12 @@ def train_and_evaluate(config, workdir: str | Path, *, resume: bool = False) -> 
         config_json = metrics.jsonable(config.to_dict(), default=repr)
         k_init, _ = jax.random.split(jax.random.key(config.seed))
         state = runtime.replicate(init_state(k_init, strategy=s.strategy), s.mesh)
-        restored = checkpoint.restore_latest(mngr, state, config_json, RESUMABLE_FIELDS) if resume else None
         progress = Progress.start(s)
         with report.run_log(workdir, to_file=main) as log:
             topology = runtime.Topology.of(s.mesh)
             log.info("running on %s", topology.describe())
+            restored = (checkpoint.restore_latest(mngr, state, config_json, RESUMABLE_FIELDS, log=log, move=main)
+                        if resume else None)
             if restored is not None:
                 _, state, meta = restored
                 progress = Progress.from_json(meta["progress"])

@@ -4,3 +4,13 @@ choose their mesh with `train.num_devices` (tiny_config: 1)."""
 import jax
 
 jax.config.update("jax_num_cpu_devices", 4)
+
+# The longest modules first: with `--dist loadfile --no-loadscope-reorder` (make test) pytest-xdist
+# hands out whole files in collection order, so these start at once on separate workers and the
+# short files fill in around them instead of trailing behind them.
+LONGEST_FIRST = ("test_strategies_stream.py", "test_train.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))

@@ -6,6 +6,7 @@ Every interrupted run, resumed, ends with exactly the uninterrupted run's accura
 state (bit for bit: same machine, same device count)."""
 import json
 import random
+import shutil
 import signal
 import time
 
@@ -32,11 +33,16 @@ def _final(workdir):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
+def uninterrupted_dir(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("uninterrupted")
     done = cli.run(workdir, *ARGS)
     assert done.returncode == 0, done.stdout + done.stderr
-    return _final(workdir)
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(uninterrupted_dir):
+    return _final(uninterrupted_dir)
 
 
 def _assert_identical(workdir, uninterrupted):
@@ -86,6 +92,23 @@ def test_a_second_run_on_a_workdir_in_use_is_refused_and_the_first_unharmed(tmp_
     rc, out = cli.finish(first)
     assert rc == 0, out
     _assert_identical(tmp_path, uninterrupted)
+
+
+def test_truncated_checkpoint_resumes_from_the_previous_one_with_one_line(tmp_path, uninterrupted_dir,
+                                                                          uninterrupted):
+    workdir = tmp_path / "run"
+    shutil.copytree(uninterrupted_dir, workdir)
+    bad = checkpoint.manager(workdir).latest_step()
+    data = [p for p in (workdir / "checkpoints" / str(bad) / "state").rglob("*") if p.parent.name == "d"]
+    target = max(data, key=lambda p: p.stat().st_size)
+    target.write_bytes(target.read_bytes()[:100])
+    done = _resume(workdir)
+    out = done.stdout + done.stderr
+    assert f"checkpoint {bad} is damaged: its arrays cannot be read" in out
+    assert "Traceback" not in out and "TensorStore" not in out, out[:3000]
+    moved, = (workdir / checkpoint.DAMAGED_DIR).iterdir()
+    assert "TensorStore" in (moved / "restore_errors.txt").read_text()  # kept for inspection
+    _assert_identical(workdir, uninterrupted)
 
 
 def kill_and_resume(workdir, kills: int, seed: int = 0) -> list[float]:

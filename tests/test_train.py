@@ -1,6 +1,7 @@
 """The engine end to end on a tiny synthetic stream: forgetting with and without the regulariser,
 resume after an interruption, and the errors that protect a run."""
 import json
+import shutil
 from pathlib import Path
 
 import chex
@@ -155,5 +156,57 @@ def test_missing_dataset_stops_before_compiling(tmp_path):
 
 
 def test_nan_loss_is_a_clear_error(tmp_path):
+    # a step of 1e38 overflows the parameters to inf: the loss of the next steps is NaN
     with pytest.raises(train.NonFiniteLossError, match="experience 1, epoch 1"):
-        train.train_and_evaluate(tiny_config(**{"optim.lr": float("nan"), "train.epochs": 1}), tmp_path)
+        train.train_and_evaluate(tiny_config(**{"optim.lr": 1e38, "train.epochs": 1}), tmp_path)
+
+
+def _damage_latest(workdir, how):
+    """Truncates or deletes the largest array data file (TensorStore's OCDBT `d/` files) of the
+    latest checkpoint; returns its step."""
+    step = checkpoint.manager(workdir).latest_step()
+    files = [p for p in (workdir / checkpoint.CHECKPOINT_DIR / str(step) / "state").rglob("*")
+             if p.is_file() and p.parent.name == "d"]
+    target = max(files, key=lambda p: p.stat().st_size)
+    if how == "truncate":
+        target.write_bytes(target.read_bytes()[: target.stat().st_size // 3])
+    else:
+        target.unlink()
+    return step
+
+
+@pytest.mark.parametrize("how", ["truncate", "delete"])
+def test_damaged_checkpoint_is_moved_aside_and_the_previous_one_resumed(hn_run, tmp_path, how, capfd):
+    workdir, summary = hn_run
+    run = tmp_path / "run"
+    shutil.copytree(workdir, run)
+    bad = _damage_latest(run, how)
+    resumed = train.train_and_evaluate(tiny_config(), run, resume=True)
+    # experience 3 trained again from the checkpoint after experience 2: the same results
+    assert resumed["accuracy_matrix"] == summary["accuracy_matrix"]
+    chex.assert_trees_all_equal(_final_state(run), _final_state(workdir))
+    moved = list((run / checkpoint.DAMAGED_DIR).iterdir())
+    assert len(moved) == 1 and moved[0].name.startswith(f"{bad}-")
+    log = (run / "log.txt").read_text()
+    assert f"checkpoint {bad} is damaged: its arrays cannot be read" in log
+    assert f"resuming from checkpoint {bad - 40}" in log
+    warning = [line for line in log.splitlines() if "is damaged" in line][0]
+    assert len(warning) < 500 and "tensorstore" not in warning.lower()  # one sentence, no TensorStore spec
+    out, err = capfd.readouterr()  # what orbax's and TensorStore's threads print goes to restore_errors.txt
+    assert "Traceback" not in out + err and "TensorStore" not in out + err
+    assert (moved[0] / "restore_errors.txt").is_file()
+
+
+def test_no_intact_checkpoint_stops_clearly_and_moves_nothing(hn_run, tmp_path):
+    workdir, _ = hn_run
+    run = tmp_path / "run"
+    shutil.copytree(workdir, run)
+    for step in checkpoint.manager(run).all_steps():
+        (run / checkpoint.CHECKPOINT_DIR / str(step) / "meta" / "metadata").write_text("{garbled")
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    with pytest.raises(checkpoint.CheckpointError, match="no intact checkpoint.*Nothing was moved or deleted"):
+        train.train_and_evaluate(tiny_config(), run, resume=True)
+    assert not (run / checkpoint.DAMAGED_DIR).exists()
+    added = {"log.txt", "restore_errors.txt"}  # the run's log, and orbax's messages in each checkpoint
+    assert sorted(p.relative_to(run) for p in run.rglob("*") if p.name not in added) == \
+        [p for p in before if p.name not in added]
