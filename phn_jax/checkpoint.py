@@ -127,14 +127,16 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state, config: dict, ig
                                       abstract_state)
     damaged = []
     for step in steps:
-        errors = Path(mngr.directory) / str(step) / "restore_errors.txt"  # what orbax printed, for inspection
+        # what orbax prints, kept for inspection (by process 0; the others' goes nowhere)
+        errors = Path(mngr.directory) / str(step) / "restore_errors.txt" if move else Path(os.devnull)
         try:
             with _stderr_to(errors):
                 state, meta = _restore(mngr, step, abstract, config, ignore)
         except _Damaged as err:
             damaged.append((step, str(err)))
             continue
-        errors.unlink()
+        if move:
+            errors.unlink()
         aside = Path(mngr.directory).parent / DAMAGED_DIR
         for bad, why in damaged:
             target = aside / f"{bad}-{time.strftime('%Y%m%d-%H%M%S')}"
