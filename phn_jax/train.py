@@ -316,7 +316,7 @@ def write_results(workdir: Path, progress: Progress, memory: dict) -> dict:
     return summary
 
 
-def train_epochs(s: Setup, state, progress: Progress, arrays, spec, k_train, ckpt: Checkpointer, log):
+def train_epochs(s: Setup, state, progress: Progress, arrays, spec, k_train, ckpt: Checkpointer):
     """Epochs progress.epoch..E−1 of experience t = progress.experience on `arrays` = (images,
     labels, tasks, num_valid); appends each epoch's row to the history; a safe point between
     epochs. Raises NonFiniteLossError when the loss is NaN or infinite."""
@@ -389,7 +389,7 @@ def run_stream(s: Setup, state, progress: Progress, ckpt: Checkpointer, log) -> 
         tic = time.perf_counter() - progress.elapsed_s
         if progress.epoch == 0:  # (a checkpoint inside the experience holds the state after it)
             state = runtime.replicate(s.strategy.begin_experience(state, t), mesh)
-        state = train_epochs(s, state, progress, (images, labels, tasks, n_valid), spec, k_train, ckpt, log)
+        state = train_epochs(s, state, progress, (images, labels, tasks, n_valid), spec, k_train, ckpt)
         state = s.strategy.end_experience(state, t, TrainData(images, labels, tasks, n_valid, spec, k_end))
         evaluate_seen(s, state, progress, tests, k_eval)
         progress.times.append(time.perf_counter() - tic)
