@@ -11,6 +11,7 @@ another run); 128 + the signal's number when SIGTERM/SIGINT stopped the run afte
 """
 from __future__ import annotations
 
+import errno
 import os
 import re
 import sys
@@ -68,6 +69,15 @@ def parse_flags(argv: list[str]) -> list[str]:
         sys.exit(2)
 
 
+def _disk_full(err: BaseException) -> bool:
+    """An OSError (or one it was raised from) that says the disk is full."""
+    while err is not None:
+        if getattr(err, "errno", None) == errno.ENOSPC or "No space left on device" in str(err):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -82,9 +92,13 @@ def main(argv):
               "(make ... RESUME=1).", file=sys.stderr)
         sys.exit(stop.exit_code)
     except (DatasetNotFoundError, CheckpointError, FileExistsError, rundir.RunLockedError, rundir.WorkdirError,
-            train.NonFiniteLossError, ValueError) as err:
-        if FLAGS.debug:
+            train.NonFiniteLossError, train.DeviceMemoryError, ValueError, OSError) as err:
+        if FLAGS.debug or (isinstance(err, OSError) and not _disk_full(err)):
             raise
+        if _disk_full(err):
+            err = (f"the disk holding {FLAGS.workdir} is full ({err}). Every file of a run is written to a "
+                   "temporary file first, so the previous checkpoint and results are intact: free some space, "
+                   "then resume with the same command and --resume (make ... RESUME=1).")
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
 

@@ -66,6 +66,24 @@ class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite."""
 
 
+class DeviceMemoryError(MemoryError):
+    """A device ran out of memory; the message names the batch size to lower."""
+
+
+@contextlib.contextmanager
+def _device_memory(field: str, value: int, what: str):
+    """Turns XLA's RESOURCE_EXHAUSTED (out of device memory) while `what` into DeviceMemoryError."""
+    try:
+        yield
+    except jax.errors.JaxRuntimeError as err:
+        if "RESOURCE_EXHAUSTED" not in str(err):
+            raise
+        raise DeviceMemoryError(
+            f"the device ran out of memory while {what} with {field}={value}: lower {field} (keep it a multiple "
+            "of the device count), or spread the batch over more devices (train.num_devices=0 uses all). "
+            "Checkpoints and results so far are kept; resume with --resume.") from None
+
+
 def _pad(a: np.ndarray, n: int) -> np.ndarray:
     return np.concatenate([a, np.zeros((n - a.shape[0],) + a.shape[1:], a.dtype)]) if a.shape[0] < n else a
 
@@ -325,10 +343,11 @@ def train_epochs(s: Setup, state, progress: Progress, arrays, spec, k_train, ckp
                desc=f"experience {t + 1}/{s.num_experiences}", disable=not s.config.train.progress, leave=False)
     for epoch in bar:
         tic = time.perf_counter()
-        state, step_metrics = train_epoch(
-            state, images, labels, tasks, n_valid, t, jax.random.fold_in(k_train, epoch), strategy=s.strategy,
-            spec=spec, batch_size=s.config.train.batch_size, first=t == 0, mesh=s.mesh)
-        step_metrics = jax.device_get(step_metrics)  # waits for the epoch: its time is real
+        with _device_memory("train.batch_size", s.config.train.batch_size, "training"):
+            state, step_metrics = train_epoch(
+                state, images, labels, tasks, n_valid, t, jax.random.fold_in(k_train, epoch), strategy=s.strategy,
+                spec=spec, batch_size=s.config.train.batch_size, first=t == 0, mesh=s.mesh)
+            step_metrics = jax.device_get(step_metrics)  # waits for the epoch: its time is real
         row = _epoch_row(t, epoch, step_metrics, time.perf_counter() - tic)
         if not math.isfinite(row["loss"]):
             raise NonFiniteLossError(
@@ -346,6 +365,11 @@ def train_epochs(s: Setup, state, progress: Progress, arrays, spec, k_train, ckp
 
 def evaluate_seen(s: Setup, state, progress: Progress, tests, k_eval) -> None:
     """Row t of R (and of the matrices without task ids): every experience j ≤ t on its test set."""
+    with _device_memory("train.eval_batch_size", s.config.train.eval_batch_size, "evaluating"):
+        _evaluate_seen(s, state, progress, tests, k_eval)
+
+
+def _evaluate_seen(s: Setup, state, progress: Progress, tests, k_eval) -> None:
     t = progress.experience
     context = s.strategy.eval_context(state)
     for j in range(t + 1):

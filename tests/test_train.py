@@ -1,5 +1,6 @@
 """The engine end to end on a tiny synthetic stream: forgetting with and without the regulariser,
 resume after an interruption, and the errors that protect a run."""
+import errno
 import json
 import shutil
 from pathlib import Path
@@ -10,7 +11,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from phn_jax import checkpoint, data, train
+from phn_jax import checkpoint, data, main, report, train
 from phn_jax.config import base_config, load_config
 from phn_jax.strategies import create_strategy
 
@@ -210,3 +211,35 @@ def test_no_intact_checkpoint_stops_clearly_and_moves_nothing(hn_run, tmp_path):
     added = {"log.txt", "restore_errors.txt"}  # the run's log, and orbax's messages in each checkpoint
     assert sorted(p.relative_to(run) for p in run.rglob("*") if p.name not in added) == \
         [p for p in before if p.name not in added]
+
+
+def test_out_of_device_memory_names_the_batch_size(tmp_path, monkeypatch):
+    def exhausted(*args, **kwargs):
+        raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 197.00GiB.")
+
+    monkeypatch.setattr(train, "train_epoch", exhausted)
+    with pytest.raises(train.DeviceMemoryError, match="while training with train.batch_size=16: lower "
+                                                      "train.batch_size"):
+        train.train_and_evaluate(tiny_config(), tmp_path)
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint_and_results(hn_run, tmp_path, monkeypatch):
+    """The disk fills while experience 2's results are written: the error says so (exit 2 on the
+    command line), experience 1's results and the checkpoints stay valid, and the run resumes."""
+    workdir, summary = hn_run
+    write = report.write_report
+
+    def full_at_experience_2(run_dir, summ):
+        if summ["completed_experiences"] == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(run_dir / "metrics.json"))
+        return write(run_dir, summ)
+
+    monkeypatch.setattr(report, "write_report", full_at_experience_2)
+    with pytest.raises(OSError) as raised:
+        train.train_and_evaluate(tiny_config(), tmp_path)
+    assert main._disk_full(raised.value) and not main._disk_full(OSError(errno.EACCES, "denied"))
+    assert json.loads((tmp_path / "metrics.json").read_text())["completed_experiences"] == 1
+    assert checkpoint.manager(tmp_path).latest_step() == 80  # experience 2's checkpoint came first
+    monkeypatch.setattr(report, "write_report", write)
+    resumed = train.train_and_evaluate(tiny_config(), tmp_path, resume=True)
+    assert resumed["accuracy_matrix"] == summary["accuracy_matrix"]
