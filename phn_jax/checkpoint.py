@@ -109,11 +109,11 @@ def _restore(mngr: ocp.CheckpointManager, step: int, abstract, config: dict, ign
 
 
 def restore_latest(mngr: ocp.CheckpointManager, abstract_state, config: dict, ignore: tuple[str, ...] = (),
-                   log=None, move: bool = True):
+                   warn=None, move: bool = True):
     """(step, state, meta) of the newest intact checkpoint, or None if there is none.
 
-    A damaged checkpoint (a truncated, garbled or missing file) is named in one sentence (`log`,
-    a logger), moved aside to `checkpoints-damaged/` beside `checkpoints/` for inspection, and the
+    A damaged checkpoint (a truncated, garbled or missing file) is named in one sentence (given
+    to `warn`, e.g. a logger's warning), moved aside to `checkpoints-damaged/` beside `checkpoints/` for inspection, and the
     next newest is tried (`move=False`: not moved; the processes other than 0 of a multi-process
     run leave the moving to process 0). When none is intact, CheckpointError, and nothing is moved.
     Raises CheckpointError too if a checkpoint was written by a different config (fields listed
@@ -135,6 +135,10 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state, config: dict, ig
         except _Damaged as err:
             damaged.append((step, str(err)))
             continue
+        except CheckpointError:  # another config or format: the checkpoint is fine, nothing is left behind
+            if move:
+                errors.unlink(missing_ok=True)
+            raise
         if move:
             errors.unlink()
         aside = Path(mngr.directory).parent / DAMAGED_DIR
@@ -143,9 +147,8 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state, config: dict, ig
             if move:
                 aside.mkdir(exist_ok=True)
                 os.replace(Path(mngr.directory) / str(bad), target)
-            if log is not None:
-                log.warning("checkpoint %d is damaged: %s; moved to %s, resuming from checkpoint %d", bad, why,
-                            target, step)
+            if warn is not None:
+                warn(f"checkpoint {bad} is damaged: {why}; moved to {target}, resuming from checkpoint {step}")
         if damaged and move:
             mngr.reload()
         return step, state, meta

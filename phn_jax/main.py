@@ -69,6 +69,11 @@ def parse_flags(argv: list[str]) -> list[str]:
         sys.exit(2)
 
 
+# Errors whose message says what is wrong and what to do: printed without a traceback, exit code 2.
+CLEAR_ERRORS = (DatasetNotFoundError, CheckpointError, FileExistsError, rundir.RunLockedError, rundir.WorkdirError,
+                train.NonFiniteLossError, train.DeviceMemoryError, ValueError)
+
+
 def _disk_full(err: BaseException) -> bool:
     """An OSError (or one it was raised from) that says the disk is full."""
     while err is not None:
@@ -91,9 +96,8 @@ def main(argv):
         print(f"{stop}: a checkpoint is saved in {FLAGS.workdir}. Resume with the same command and --resume "
               "(make ... RESUME=1).", file=sys.stderr)
         sys.exit(stop.exit_code)
-    except (DatasetNotFoundError, CheckpointError, FileExistsError, rundir.RunLockedError, rundir.WorkdirError,
-            train.NonFiniteLossError, train.DeviceMemoryError, ValueError, OSError) as err:
-        if FLAGS.debug or (isinstance(err, OSError) and not _disk_full(err)):
+    except Exception as err:
+        if FLAGS.debug or not (_disk_full(err) or isinstance(err, CLEAR_ERRORS)):
             raise
         if _disk_full(err):
             err = (f"the disk holding {FLAGS.workdir} is full ({err}). Every file of a run is written to a "

@@ -461,11 +461,15 @@ def train_and_evaluate(config, workdir: str | Path, *, resume: bool = False) -> 
         k_init, _ = jax.random.split(jax.random.key(config.seed))
         state = runtime.replicate(init_state(k_init, strategy=s.strategy), s.mesh)
         progress = Progress.start(s)
+        # before the log is opened: a refused resume (another config) leaves the run directory as it was
+        damaged = []
+        restored = (checkpoint.restore_latest(mngr, state, config_json, RESUMABLE_FIELDS, warn=damaged.append,
+                                              move=main) if resume else None)
         with report.run_log(workdir, to_file=main) as log:
             topology = runtime.Topology.of(s.mesh)
             log.info("running on %s", topology.describe())
-            restored = (checkpoint.restore_latest(mngr, state, config_json, RESUMABLE_FIELDS, log=log, move=main)
-                        if resume else None)
+            for warning in damaged:
+                log.warning("%s", warning)
             if restored is not None:
                 _, state, meta = restored
                 progress = Progress.from_json(meta["progress"])

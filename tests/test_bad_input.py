@@ -88,3 +88,35 @@ def test_rules_are_checked_in_process_too(tmp_path):
     with pytest.raises(ConfigError, match="train.epochs=0 .*; optim.lr=-1.0 "):
         train.train_and_evaluate(tiny_config(**{"train.epochs": 0, "optim.lr": -1.0}), tmp_path)
     assert not tmp_path.exists() or not any(tmp_path.iterdir())
+
+
+@pytest.mark.system
+def test_config_that_does_not_import_and_batches_that_do_not_fit_the_devices(tmp_path):
+    before = _hash(tmp_path)
+    broken = tmp_path.parent / "imports_nothing.py"
+    broken.write_text("import a_module_that_does_not_exist\n")
+    done = subprocess.run([sys.executable, "-m", "phn_jax.main", "--config", str(broken), "--workdir", str(tmp_path)],
+                          cwd=cli.ROOT, capture_output=True, text=True)
+    _assert_refused(done, "No module named 'a_module_that_does_not_exist'", tmp_path, before)
+    done = cli.run(tmp_path, "--config.train.batch_size=18", devices=4, timeout=120)
+    _assert_refused(done, "train.batch_size=18 is not a multiple of the 4 devices", tmp_path, before)
+
+
+@pytest.mark.system
+def test_workdir_that_is_a_file(tmp_path):
+    (tmp_path / "file").write_text("a previous result")
+    before = _hash(tmp_path)
+    _assert_refused(cli.run(tmp_path / "file", timeout=120), "is a file, not a directory", tmp_path, before)
+
+
+@pytest.mark.system
+def test_a_finished_run_without_resume_or_resumed_with_another_config(tmp_path):
+    done = cli.run(tmp_path, "--config.train.epochs=1", "--config.eval.task_inference=False")
+    assert done.returncode == 0, done.stdout + done.stderr
+    before = _hash(tmp_path)
+    again = cli.run(tmp_path, "--config.train.epochs=1", "--config.eval.task_inference=False", timeout=120)
+    _assert_refused(again, "already holds a run", tmp_path, before)
+    other = cli.run(tmp_path, "--config.train.epochs=1", "--config.eval.task_inference=False",
+                    "--config.strategy.beta=0.25", "--resume", timeout=120)
+    assert "strategy.beta: checkpoint 0.5, now 0.25" in other.stderr
+    assert other.returncode == 2 and "Traceback" not in other.stderr and _hash(tmp_path) == before
