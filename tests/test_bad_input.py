@@ -120,3 +120,12 @@ def test_a_finished_run_without_resume_or_resumed_with_another_config(tmp_path):
                     "--config.strategy.beta=0.25", "--resume", timeout=120)
     assert "strategy.beta: checkpoint 0.5, now 0.25" in other.stderr
     assert other.returncode == 2 and "Traceback" not in other.stderr and _hash(tmp_path) == before
+
+
+@pytest.mark.system
+def test_nan_loss_names_the_experience_and_keeps_what_came_before(tmp_path):
+    done = cli.run(tmp_path, "--config.optim.lr=1e38", "--config.train.epochs=1", timeout=300)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "the training loss became nan in experience 1, epoch 1" in done.stderr
+    assert "Traceback" not in done.stderr and done.stderr.count("\n") <= 2
+    assert (tmp_path / "config.json").is_file() and not (tmp_path / "run.lock").exists()
