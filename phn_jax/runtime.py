@@ -80,9 +80,7 @@ def replicate(tree, mesh: Mesh):
     all processes computed identically); leaves that are already global arrays are resharded."""
     sharding = replicated(mesh)
 
-    def put(x):
-        if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-            return jax.random.wrap_key_data(put(jax.random.key_data(x)), impl=jax.random.key_impl(x))
+    def put(x):  # (states hold no PRNG keys: keys are passed to the steps, never replicated)
         if isinstance(x, jax.Array) and not x.is_fully_addressable:
             return jax.device_put(x, sharding)
         return jax.device_put(np.asarray(x), sharding)
