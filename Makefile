@@ -47,21 +47,24 @@ STRATEGY ?= hn
 FREEZE   ?= 3
 ORDER    ?= first
 SEED     ?= 0
+# SEEDS=0,1,2: those seeds as one program (config.seeds), each in the directory it would have alone
+SEEDS    ?=
 EPOCHS   ?= 100
 REPLAY   ?= 1
-# Run names: hn<k>_<order>, lr<k>_c<replay coef>, naive, ewc, joint; then _seed<seed>.
-NAME      = $(STRATEGY)$(if $(filter hn,$(STRATEGY)),$(FREEZE)_$(ORDER))$(if $(filter lr,$(STRATEGY)),$(FREEZE)_c$(REPLAY))_seed$(SEED)
+# Run names: hn<k>_<order>, lr<k>_c<replay coef>, naive, ewc, joint; then _seed<seed> (with SEEDS, each
+# seed's results in _seed<s> and the group's checkpoints, log and aggregate in _seeds<s1>-<s2>-...).
+NAME      = $(STRATEGY)$(if $(filter hn,$(STRATEGY)),$(FREEZE)_$(ORDER))$(if $(filter lr,$(STRATEGY)),$(FREEZE)_c$(REPLAY))_seed$(if $(SEEDS),{seed},$(SEED))
 # $(call run,<config file>,<workdir>)
 run       = $(if $(DATA_DIR),TFDS_DATA_DIR=$(DATA_DIR)) $(PY) -m phn_jax.main --config $(1) --workdir $(2) \
             $(if $(RESUME),--resume) --config.seed=$(SEED) --config.train.epochs=$(EPOCHS) --config.strategy.name=$(STRATEGY) \
             --config.strategy.freeze_depth=$(FREEZE) --config.strategy.order=$(ORDER) \
-            --config.strategy.replay_coef=$(REPLAY) $(ARGS)
+            --config.strategy.replay_coef=$(REPLAY) $(if $(SEEDS),--config.seeds=$(SEEDS)) $(ARGS)
 
 .PHONY: demo cifar100 tinyimagenet noisy ablation-order permuted-mnist split-mnist
 demo: $(STAMP) ## HN-k against fine-tuning on Split-Digits: offline, minutes on a laptop CPU; prints a table
 	$(PY) experiments/demo.py --workdir $(RUNS)/demo
 
-cifar100: $(STAMP) ## Split-CIFAR100 20x5 (Table 2): STRATEGY=hn|lr|naive|ewc|joint FREEZE=0..4 ORDER=first|second|none REPLAY=1|0 SEED= EPOCHS=
+cifar100: $(STAMP) ## Split-CIFAR100 20x5 (Table 2): STRATEGY=hn|lr|naive|ewc|joint FREEZE=0..4 ORDER=first|second|none REPLAY=1|0 SEED= or SEEDS=0,1,2 EPOCHS=
 	$(call run,experiments/configs/split_cifar100.py,$(RUNS)/cifar100/$(NAME))
 
 tinyimagenet: $(STAMP) ## Split-TinyImageNet 20x10 (Table 2): same variables as cifar100

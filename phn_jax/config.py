@@ -8,6 +8,7 @@ embedding 32, MLP 50/32, conv-head embedding 32, 10 outputs per task head.
 """
 from __future__ import annotations
 
+import copy
 import importlib.util
 import math
 import numbers
@@ -23,6 +24,8 @@ from phn_jax.data import STREAMS, default_data_config
 def base_config(stream: str) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0  # initialisation, shuffling and augmentation; also the stream's class order
+    # several seeds of this config as one vmapped program (each seed's config: seed=s, seeds=()); () = just `seed`
+    c.seeds = ()
     c.data = default_data_config(stream)
     c.data.seed = c.get_ref("seed")
     c.model = ml_collections.ConfigDict(dict(
@@ -87,6 +90,17 @@ def von_oswald_hnet(c: ml_collections.ConfigDict, *, beta: float, lr: float, epo
     return c
 
 
+def seed_configs(config: ml_collections.ConfigDict) -> list[ml_collections.ConfigDict]:
+    """The config of each seed of `config.seeds` (seed = s, seeds = (); the stream's seed follows
+    `seed` unless set on its own), or [config] when it names none."""
+    configs = []
+    for s in config.seeds:
+        c = copy.deepcopy(config)
+        c.seed, c.seeds = s, ()
+        configs.append(c)
+    return configs or [config]
+
+
 def load_config(path: str | os.PathLike) -> ml_collections.ConfigDict:
     """`get_config()` of an experiment file, as `--config <path>` loads it on the command line."""
     spec = importlib.util.spec_from_file_location(Path(path).stem, path)
@@ -108,6 +122,12 @@ def _one_of(options):
 def _integer(low, high=None):
     ok = lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool) and low <= v <= (high or v)
     return ok, f"an integer from {low} to {high}" if high is not None else f"an integer ≥ {low}"
+
+
+def _seeds():
+    ok = lambda v: (isinstance(v, tuple) and len(set(v)) == len(v)
+                    and all(isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 0 for s in v))
+    return ok, "distinct integers ≥ 0, e.g. --config.seeds=0,1,2"
 
 
 def _number(low, strict):
@@ -140,6 +160,7 @@ RULES = (
     ("checkpoint.max_to_keep", _integer(1), "checkpoints kept; a run needs at least its latest to resume"),
     ("checkpoint.every_minutes", _number(0, strict=True), "minutes between checkpoints inside an experience"),
     ("seed", _integer(0), "the run's seed"),
+    ("seeds", _seeds(), "the seeds run together in one program (empty: only `seed`)"),
 )
 
 

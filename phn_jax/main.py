@@ -93,7 +93,8 @@ def main(argv):
     try:
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir, resume=FLAGS.resume)
     except rundir.Interrupted as stop:
-        print(f"{stop}: a checkpoint is saved in {FLAGS.workdir}. Resume with the same command and --resume "
+        where = train.RunDirs.of(FLAGS.workdir, tuple(FLAGS.config.seeds)).workdir
+        print(f"{stop}: a checkpoint is saved in {where}. Resume with the same command and --resume "
               "(make ... RESUME=1).", file=sys.stderr)
         sys.exit(stop.exit_code)
     except Exception as err:

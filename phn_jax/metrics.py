@@ -32,6 +32,9 @@ import numpy as np
 
 __all__ = [
     "BYTES_PER_MIB",
+    "aggregate_seeds",
+    "describe_aggregate",
+    "mean_std",
     "as_accuracy_matrix",
     "average_classification_accuracy",
     "backward_transfer",
@@ -333,3 +336,56 @@ def summarize(
             "memory": dict(memory or {}),
         }
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Over seeds
+# --------------------------------------------------------------------------------------------
+
+#: The summary values `aggregate_seeds` reports as mean ± std (those a summary holds).
+AGGREGATED = ("aca", "learning_accuracy", "forgetting", "bwt", "class_incremental_accuracy",
+              "task_inference_accuracy", "total_time_s")
+#: The per-experience lists it reports, experience by experience.
+AGGREGATED_PER_EXPERIENCE = ("accuracy_when_learned", "final_accuracy", "aca")
+
+
+def mean_std(values: Sequence[Any]) -> dict[str, Any]:
+    """``{"mean", "std", "n"}`` of the defined values (``None`` and NaN left out).
+
+    mean = Σ x_s / n; std = sqrt(Σ (x_s − mean)² / (n − 1)), the sample standard deviation over
+    seeds (``None`` for n < 2; the mean is ``None`` for n = 0).
+    """
+    x = np.array([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
+    n = x.size
+    return {"mean": float(x.mean()) if n else None, "std": float(x.std(ddof=1)) if n > 1 else None, "n": n}
+
+
+def aggregate_seeds(summaries: Sequence[Mapping[str, Any]], seeds: Sequence[int]) -> dict[str, Any]:
+    """Mean ± std over the seeds' ``summarize`` outputs of one configuration.
+
+    Returns ``seeds``, ``completed_experiences`` (the fewest any seed completed: the per-experience
+    lists stop there), a :func:`mean_std` of each value of ``AGGREGATED`` the summaries hold, and
+    ``per_experience``: for each of ``AGGREGATED_PER_EXPERIENCE`` a list of :func:`mean_std` per
+    experience i (the accuracy on i when learned, R[i, i]; the final accuracy on i, R[n−1, i]; the
+    ACA after i).
+    """
+    if len(summaries) != len(seeds) or not summaries:
+        raise ValueError(f"give one summary per seed: {len(summaries)} summaries for seeds {list(seeds)}")
+    n = min(s["completed_experiences"] for s in summaries)
+    out: dict[str, Any] = {"seeds": [int(s) for s in seeds], "completed_experiences": n}
+    for key in AGGREGATED:
+        if any(key in s for s in summaries):
+            out[key] = mean_std([s.get(key) for s in summaries])
+    out["per_experience"] = {key: [mean_std([s["per_experience"][key][i] for s in summaries]) for i in range(n)]
+                             for key in AGGREGATED_PER_EXPERIENCE}
+    return out
+
+
+def describe_aggregate(aggregate: Mapping[str, Any]) -> str:
+    """One line: each aggregated value as mean ± std."""
+    def one(m):
+        if m["mean"] is None:
+            return "n/a"
+        return f"{m['mean']:.4f}" + ("" if m["std"] is None else f" ± {m['std']:.4f}")
+    keys = [k for k in AGGREGATED if k in aggregate and k != "total_time_s"]
+    return ", ".join(f"{k.replace('_', ' ')} {one(aggregate[k])}" for k in keys) + f" (n = {len(aggregate['seeds'])})"

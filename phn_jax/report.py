@@ -13,6 +13,10 @@ Layout of ``workdir`` (file names are the module constants below)::
     accuracy_over_stream.png accuracy of each experience j over the stream (i >= j)
     log.txt                  appended log of the run
 
+A multi-seed run (``config.seeds``) writes the above for each seed in that seed's directory, and
+in its own workdir the checkpoints, the log, and the aggregate over seeds: ``aggregate.json``
+(:func:`phn_jax.metrics.aggregate_seeds`) and ``aggregate.md`` (the same as tables).
+
 Every file except the log is written atomically (a temporary file in the same directory, then
 ``os.replace``): a run killed mid-write leaves the previous version intact, never a half-written
 file. Experiences are indexed from 0, as in :mod:`phn_jax.metrics`.
@@ -42,6 +46,8 @@ from phn_jax import metrics as M
 
 __all__ = [
     "ACCURACY_CSV",
+    "AGGREGATE_JSON",
+    "AGGREGATE_MD",
     "ACCURACY_PNG",
     "CONFIG_JSON",
     "CONFIG_YAML",
@@ -61,6 +67,7 @@ __all__ = [
     "plot_accuracy_matrix",
     "plot_accuracy_over_stream",
     "run_log",
+    "write_aggregate",
     "write_config",
     "write_metrics",
     "write_report",
@@ -74,6 +81,8 @@ PER_EXPERIENCE_CSV = "per_experience.csv"
 ACCURACY_PNG = "accuracy_matrix.png"
 OVER_STREAM_PNG = "accuracy_over_stream.png"
 LOG_TXT = "log.txt"
+AGGREGATE_JSON = "aggregate.json"
+AGGREGATE_MD = "aggregate.md"
 
 #: Columns of per_experience.csv, in order (keys of ``summary["per_experience"]``).
 PER_EXPERIENCE_COLUMNS = (
@@ -371,3 +380,33 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
 def write_table(path: str | os.PathLike, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> Path:
     """Write ``rows`` (mappings with the keys ``columns``) as a CSV atomically to ``path``."""
     return _write_text(Path(path), _csv_text(columns, [[M.jsonable(r[c]) for c in columns] for r in rows]))
+
+
+def _mean_std_text(m: Mapping[str, Any], scale: float = 1.0, digits: int = 2) -> str:
+    if m["mean"] is None:
+        return "n/a"
+    return f"{m['mean'] * scale:.{digits}f}" + ("" if m["std"] is None else f" ± {m['std'] * scale:.{digits}f}")
+
+
+def aggregate_markdown(aggregate: Mapping[str, Any]) -> str:
+    """Markdown tables of :func:`phn_jax.metrics.aggregate_seeds`: accuracies in %, mean ± std."""
+    seeds = ", ".join(map(str, aggregate["seeds"]))
+    lines = [f"# Mean ± std over seeds {seeds}", "", "| metric | mean ± std | n |", "|---|---|---|"]
+    for key in M.AGGREGATED:
+        if key in aggregate:
+            scale, unit = (1.0, " (s)") if key == "total_time_s" else (100.0, " (%)")
+            lines.append(f"| {key.removesuffix('_s').replace('_', ' ')}{unit} | {_mean_std_text(aggregate[key], scale)} | "
+                         f"{aggregate[key]['n']} |")
+    per = aggregate["per_experience"]
+    lines += ["", "## Per experience (%)", "", "| experience | " + " | ".join(k.replace("_", " ") for k in per) + " |",
+              "|---" * (len(per) + 1) + "|"]
+    for i in range(aggregate["completed_experiences"]):
+        lines.append(f"| {i} | " + " | ".join(_mean_std_text(per[k][i], 100.0) for k in per) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_aggregate(workdir: str | os.PathLike, aggregate: Mapping[str, Any]) -> list[Path]:
+    """``aggregate.json`` and ``aggregate.md`` of :func:`phn_jax.metrics.aggregate_seeds` in ``workdir``."""
+    workdir = Path(workdir)
+    return [write_json(workdir / AGGREGATE_JSON, aggregate),
+            _write_text(workdir / AGGREGATE_MD, aggregate_markdown(aggregate))]

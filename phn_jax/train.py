@@ -32,6 +32,12 @@ stream; padded samples are masked out of losses, accuracies and batch statistics
 Randomness: the run's key `jax.random.key(config.seed)` is split into (initialisation, stream);
 experience t draws its keys from fold_in(stream, t), epoch e from a fold_in of that.
 
+Seeds (`config.seeds`, e.g. 0,1,2): the seeds of one config run as one program, every function
+of a step `jax.vmap`ped over a leading seed axis of the state, of the data (each seed's stream
+draws its own class order) and of the keys (`Setup.stacked`; a run of one seed is not vmapped).
+Each seed writes the results directory it would write alone (`RunDirs`); the run directory of the
+group holds the checkpoints, the log and the aggregate over seeds (`metrics.aggregate_seeds`).
+
 Devices and processes (`phn_jax.runtime`): batches are sharded along the `data` axis of a mesh
 of every device of every process; parameters and the experience's arrays are replicated. Every
 process runs this same loop; process 0 owns the run directory (lock, reports, log).
@@ -40,6 +46,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import time
 from functools import partial
@@ -52,7 +59,7 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from phn_jax import checkpoint, data, metrics, report, rundir, runtime, task_inference
-from phn_jax.config import ConfigError, check_config
+from phn_jax.config import ConfigError, check_config, seed_configs
 from phn_jax.strategies import create_strategy
 from phn_jax.strategies.base import TrainData, masked_correct
 
@@ -111,35 +118,59 @@ def _training_set(stream, t: int, cumulative: bool) -> tuple[np.ndarray, np.ndar
             np.concatenate(tasks), _pipeline(stream, t, cumulative))
 
 
-@partial(jax.jit, static_argnames="strategy")
-def init_state(key, *, strategy):
-    """`strategy.init(key)` compiled once (eagerly, each parameter's initialiser compiles on its own)."""
-    return strategy.init(key)
+def over_seeds(fn, stacked: bool):
+    """`fn`, or with `stacked` (a multi-seed run) `fn` vmapped over a leading seed axis [S] of every
+    argument and result."""
+    return jax.vmap(fn) if stacked else fn
 
 
-@partial(jax.jit, static_argnames=("strategy", "spec", "batch_size", "first", "mesh"), donate_argnums=(0,))
-def train_epoch(state, images, labels, tasks, num_valid, task_id, key, *, strategy, spec, batch_size, first, mesh):
+def split_key(key) -> tuple[jax.Array, jax.Array]:
+    """Two keys from one key, or from each key of a stack [S] (the seeds' keys)."""
+    keys = over_seeds(jax.random.split, key.ndim > 0)(key)
+    return keys[..., 0], keys[..., 1]
+
+
+def fold_in(key, i: int) -> jax.Array:
+    """`jax.random.fold_in(key, i)`, for one key or each key of a stack [S]."""
+    return over_seeds(lambda k: jax.random.fold_in(k, i), key.ndim > 0)(key)
+
+
+@partial(jax.jit, static_argnames=("strategy", "stacked"))
+def init_state(key, *, strategy, stacked=False):
+    """`strategy.init(key)` compiled once (eagerly, each parameter's initialiser compiles on its own);
+    with `stacked`, one state per key of key [S], stacked."""
+    return over_seeds(strategy.init, stacked)(key)
+
+
+@partial(jax.jit, static_argnames=("strategy", "spec", "batch_size", "first", "mesh", "stacked"), donate_argnums=(0,))
+def train_epoch(state, images, labels, tasks, num_valid, task_id, key, *, strategy, spec, batch_size, first, mesh,
+                stacked=False):
     """One epoch of `strategy.train_step` over a random permutation of the experience.
 
     images uint8 [N_pad, H, W, C], labels int32 [N_pad], tasks int32 [N_pad] (each sample's task id,
     batch['task']), num_valid: the real samples (first ones).
     Returns (state, per-step metrics with a leading [S] axis, S = ⌈N_pad / B⌉; steps whose batch
-    is pure padding are skipped and report zeros).
+    is pure padding are skipped and report zeros). With `stacked`, state, images, labels, tasks,
+    num_valid, key and the results have a leading seed axis in front.
     """
-    k_perm, k_steps = jax.random.split(key)
-    idx, mask = data.epoch_indices(k_perm, images.shape[0], batch_size, num_valid=num_valid)
+    def epoch(state, images, labels, tasks, num_valid, key):
+        k_perm, k_steps = jax.random.split(key)
+        idx, mask = data.epoch_indices(k_perm, images.shape[0], batch_size, num_valid=num_valid)
 
-    def step(state, inputs):
-        idx_s, mask_s, key_s = inputs
-        k_aug, k_step = jax.random.split(key_s)
-        x = data.preprocess(spec, k_aug, images[idx_s], train=True)
-        batch = {"x": jax.lax.with_sharding_constraint(x, runtime.batch_sharded(mesh)), "y": labels[idx_s], "mask": mask_s,
-                 "task": tasks[idx_s]}
-        run = lambda s: strategy.train_step(s, batch, k_step, task_id, first)
-        skip = lambda s: (s, jax.tree_util.tree_map(lambda m: jnp.zeros(m.shape, m.dtype), jax.eval_shape(run, s)[1]))
-        return jax.lax.cond(mask_s.any(), run, skip, state)
+        def step(state, inputs):
+            idx_s, mask_s, key_s = inputs
+            k_aug, k_step = jax.random.split(key_s)
+            x = data.preprocess(spec, k_aug, images[idx_s], train=True)
+            batch = {"x": jax.lax.with_sharding_constraint(x, runtime.batch_sharded(mesh)), "y": labels[idx_s],
+                     "mask": mask_s, "task": tasks[idx_s]}
+            run = lambda s: strategy.train_step(s, batch, k_step, task_id, first)
+            skip = lambda s: (s, jax.tree_util.tree_map(lambda m: jnp.zeros(m.shape, m.dtype),
+                                                        jax.eval_shape(run, s)[1]))
+            return jax.lax.cond(mask_s.any(), run, skip, state)
 
-    return jax.lax.scan(step, state, (idx, mask, jax.random.split(k_steps, idx.shape[0])))
+        return jax.lax.scan(step, state, (idx, mask, jax.random.split(k_steps, idx.shape[0])))
+
+    return over_seeds(epoch, stacked)(state, images, labels, tasks, num_valid, key)
 
 
 def _sum_over_test_set(count, init, images, labels, num_valid, key, *, spec, batch_size, mesh):
@@ -161,32 +192,47 @@ def _sum_over_test_set(count, init, images, labels, num_valid, key, *, spec, bat
     return total
 
 
-@partial(jax.jit, static_argnames=("strategy", "spec", "batch_size", "mesh"))
-def evaluate(state, context, images, labels, num_valid, task_id, key, *, strategy, spec, batch_size, mesh):
-    """Test accuracy of task `task_id` on its (padded) test set, in fixed batches of `batch_size`."""
-    count = lambda x, y, mask: masked_correct(strategy.eval_logits(state, context, x, mask, task_id), y, mask)
-    correct = _sum_over_test_set(count, jnp.zeros((), jnp.int32), images, labels, num_valid, key, spec=spec,
-                                 batch_size=batch_size, mesh=mesh)
-    return correct / num_valid
+@partial(jax.jit, static_argnames=("strategy", "stacked"))
+def eval_context(state, *, strategy, stacked=False):
+    """`strategy.eval_context(state)`, once per evaluation (per seed with `stacked`)."""
+    return over_seeds(strategy.eval_context, stacked)(state)
+
+
+@partial(jax.jit, static_argnames=("strategy", "spec", "batch_size", "mesh", "stacked"))
+def evaluate(state, context, images, labels, num_valid, task_id, key, *, strategy, spec, batch_size, mesh,
+             stacked=False):
+    """Test accuracy of task `task_id` on its (padded) test set, in fixed batches of `batch_size`
+    (with `stacked`: of each seed, [S]; every argument but task_id has the seed axis)."""
+    def accuracy(state, context, images, labels, num_valid, key):
+        count = lambda x, y, mask: masked_correct(strategy.eval_logits(state, context, x, mask, task_id), y, mask)
+        correct = _sum_over_test_set(count, jnp.zeros((), jnp.int32), images, labels, num_valid, key, spec=spec,
+                                     batch_size=batch_size, mesh=mesh)
+        return correct / num_valid
+
+    return over_seeds(accuracy, stacked)(state, context, images, labels, num_valid, key)
 
 
 # The accuracies without task ids, in the order `evaluate_without_task_id` returns them.
 WITHOUT_TASK_IDS = ("class_incremental", "task_inference")
 
 
-@partial(jax.jit, static_argnames=("strategy", "spec", "batch_size", "mesh"))
+@partial(jax.jit, static_argnames=("strategy", "spec", "batch_size", "mesh", "stacked"))
 def evaluate_without_task_id(state, context, images, labels, num_valid, task_id, num_learned, key, *, strategy,
-                             spec, batch_size, mesh):
+                             spec, batch_size, mesh, stacked=False):
     """Accuracies on task `task_id`'s test set when each sample's task is inferred by predictive
     entropy among the learned tasks 0..num_learned−1 (`phn_jax.task_inference`): float [2] =
-    (class-incremental accuracy, task-inference accuracy), as `WITHOUT_TASK_IDS` names them."""
-    def count(x, y, mask):
-        logits = strategy.eval_logits_all_tasks(state, context, x, mask)
-        return task_inference.inferred_correct(logits, y, mask, task_id, num_learned)
+    (class-incremental accuracy, task-inference accuracy), as `WITHOUT_TASK_IDS` names them
+    ([S, 2] with `stacked`)."""
+    def accuracies(state, context, images, labels, num_valid, key):
+        def count(x, y, mask):
+            logits = strategy.eval_logits_all_tasks(state, context, x, mask)
+            return task_inference.inferred_correct(logits, y, mask, task_id, num_learned)
 
-    correct = _sum_over_test_set(count, jnp.zeros((2,), jnp.int32), images, labels, num_valid, key, spec=spec,
-                                 batch_size=batch_size, mesh=mesh)
-    return correct / num_valid
+        correct = _sum_over_test_set(count, jnp.zeros((2,), jnp.int32), images, labels, num_valid, key, spec=spec,
+                                     batch_size=batch_size, mesh=mesh)
+        return correct / num_valid
+
+    return over_seeds(accuracies, stacked)(state, context, images, labels, num_valid, key)
 
 
 def _epoch_row(t: int, epoch: int, step_metrics: dict, seconds: float) -> dict:
@@ -201,14 +247,33 @@ def _epoch_row(t: int, epoch: int, step_metrics: dict, seconds: float) -> dict:
 
 @dataclasses.dataclass(frozen=True)
 class Setup:
-    """What a run is made of, built from its config before anything is written."""
+    """What a run is made of, built from its config before anything is written.
+
+    A multi-seed run (`config.seeds`) has one config and one stream per seed (each seed draws its own
+    class order) and one strategy and mesh for all; its state, data and keys carry a leading seed
+    axis (`stacked`).
+    """
 
     config: object
-    stream: data.Stream
+    configs: tuple           # each seed's config (seed = s); (config,) for a single run
+    streams: tuple           # each seed's stream
     strategy: object
     mesh: Mesh
     cumulative: bool         # Joint: trains experience t on the union of experiences 0..t
     without_task_ids: bool   # also evaluate with the task inferred (eval.task_inference, if the strategy can)
+
+    @property
+    def stacked(self) -> bool:
+        return bool(self.config.seeds)
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        return tuple(c.seed for c in self.configs)
+
+    @property
+    def stream(self) -> data.Stream:
+        """The first seed's stream: the shapes, sizes and pipelines every seed's stream shares."""
+        return self.streams[0]
 
     @property
     def num_experiences(self) -> int:
@@ -218,39 +283,112 @@ class Setup:
     def epochs(self) -> int:
         return self.config.train.epochs
 
+    def key(self) -> jax.Array:
+        """The run's key `jax.random.key(seed)`; each seed's, stacked [S], for a multi-seed run."""
+        return over_seeds(jax.random.key, self.stacked)(jnp.asarray(self.seeds) if self.stacked else self.config.seed)
+
+    def stack(self, trees: list):
+        """The seeds' trees (numpy leaves) as one with a leading seed axis; the only one if not stacked."""
+        return jax.tree_util.tree_map(lambda *a: np.stack(a), *trees) if self.stacked else trees[0]
+
+    def unstack(self, tree) -> list:
+        """Each seed's slice of a stacked tree; [tree] if not stacked."""
+        return [jax.tree_util.tree_map(lambda a: a[i], tree) for i in range(len(self.seeds))] if self.stacked else [tree]
+
 
 def setup(config) -> Setup:
-    """Checks the config (`phn_jax.config.RULES`), then builds the stream (a missing dataset stops
-    here with its clear error, before any compilation), the strategy and the mesh of every device
-    (`train.num_devices`: 0 = all), and checks the batch sizes against them. Raises ConfigError."""
+    """Checks the config (`phn_jax.config.RULES`), then builds each seed's stream (a missing dataset
+    stops here with its clear error, before any compilation), the strategy and the mesh of every
+    device (`train.num_devices`: 0 = all), and checks the batch sizes against them. Raises ConfigError."""
     check_config(config)
-    stream = data.build_stream(config.data)
-    strategy = create_strategy(config, stream)
+    configs = seed_configs(config)
+    streams = [data.build_stream(c.data) for c in configs]
+    strategies = {create_strategy(c, stream) for c, stream in zip(configs, streams)}
+    if len(strategies) > 1:
+        raise ConfigError(f"the seeds {tuple(config.seeds)} build different strategies (a seed that changes the "
+                          "model's shapes?); they cannot share one program: run them one by one with --config.seed=")
+    strategy = strategies.pop()
     cumulative = getattr(strategy, "cumulative", False)
-    _pipeline(stream, 0, cumulative)
+    for t in range(streams[0].num_experiences):
+        if len({_pipeline(stream, t, cumulative) for stream in streams}) > 1:
+            raise ConfigError(f"the seeds {tuple(config.seeds)} give experience {t + 1} different input pipelines "
+                              "(datasets); they cannot share one program: run them one by one with --config.seed=")
     mesh = runtime.make_mesh(config.train.num_devices)
-    smallest = min(e.train_labels.shape[0] for e in stream.experiences)
+    smallest = min(e.train_labels.shape[0] for stream in streams for e in stream.experiences)
     problems = [f"train.{name}={config.train[name]} is not a multiple of the {mesh.size} devices (each device "
                 "takes an equal share of a batch)" for name in ("batch_size", "eval_batch_size")
                 if config.train[name] % mesh.size]
     if config.train.batch_size > smallest:
         problems.append(f"train.batch_size={config.train.batch_size} is larger than the smallest experience "
-                        f"of stream {stream.name!r} ({smallest} training samples)")
+                        f"of stream {streams[0].name!r} ({smallest} training samples)")
     if problems:
         raise ConfigError("; ".join(problems) + ". Choose batch sizes that fit, with --config.train.batch_size= "
                           "and --config.train.eval_batch_size=.")
     without = bool(config.eval.task_inference and task_inference.supports_task_inference(strategy))
-    return Setup(config, stream, strategy, mesh, cumulative, without)
+    return Setup(config, tuple(configs), tuple(streams), strategy, mesh, cumulative, without)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunDirs:
+    """Where a run writes. `workdir`: checkpoints, log and lock (and a multi-seed run's aggregate,
+    `aggregate.json` and `aggregate.md`); `results`: each seed's results directory, the run directory
+    that seed would have alone (config, stream, metrics, plots, history).
+
+    A single run: results = (workdir,). A multi-seed run: `--workdir runs/x/hn3_seed{seed}` puts
+    seed s's results in runs/x/hn3_seed<s> and the group in runs/x/hn3_seeds0-1-2 (seeds 0, 1, 2);
+    a workdir without `{seed}` holds the group, and seed s's results in <workdir>/seed<s>.
+    """
+
+    workdir: Path
+    results: tuple[Path, ...]
+
+    @classmethod
+    def of(cls, workdir: str | Path, seeds: tuple[int, ...]) -> "RunDirs":
+        workdir = str(workdir)
+        if not seeds:
+            return cls(Path(workdir), (Path(workdir),))
+        template = workdir if "{seed}" in workdir else str(Path(workdir) / "seed{seed}")
+        group = workdir.replace("{seed}", "s" + "-".join(map(str, seeds)))
+        return cls(Path(group), tuple(Path(template.replace("{seed}", str(s))) for s in seeds))
+
+    @property
+    def grouped(self) -> bool:
+        return self.results != (self.workdir,)
+
+    def all(self) -> tuple[Path, ...]:
+        return (self.workdir,) + self.results if self.grouped else (self.workdir,)
+
+
+# A multi-seed run's mark in each seed's results directory: which run wrote it.
+GROUP_JSON = "group.json"
+
+
+def _check_dirs(dirs: RunDirs, resume: bool) -> None:
+    """Refuses results directories that hold another run: a seed's directory with checkpoints of its
+    own or (without --resume) results; a single run's workdir that a multi-seed run writes."""
+    for d in dirs.results:
+        group = d / GROUP_JSON
+        if dirs.grouped and (d / checkpoint.CHECKPOINT_DIR).exists():
+            raise FileExistsError(f"{d} holds a run of its own (checkpoints); a multi-seed run would overwrite its "
+                                  "results: choose another --workdir")
+        if dirs.grouped and not resume and (d / report.METRICS_JSON).exists():
+            raise FileExistsError(f"{d} already holds results; pass --resume (RESUME=1) to continue the multi-seed "
+                                  "run that wrote them, or choose another --workdir")
+        if not dirs.grouped and group.exists():
+            raise FileExistsError(f"{d} holds one seed's results of the multi-seed run in "
+                                  f"{json.loads(group.read_text())['workdir']}: resume that run with its seeds, or "
+                                  "choose another --workdir")
 
 
 @dataclasses.dataclass
 class Progress:
-    """Where a run stands; a checkpoint's metadata holds it (JSON).
+    """Where a run (one seed) stands; a checkpoint's metadata holds it (JSON).
 
     R: accuracy matrix [T, T] (NaN where not evaluated); inferred: the class-incremental and
     task-inference matrices ({} when not evaluated without task ids); times: seconds of each
     completed experience; history: one row per epoch (HISTORY_COLUMNS); experience: the one being
     trained (T when the run is done); epoch: its epochs completed; elapsed_s: time spent in it.
+    The seeds of a multi-seed run have one Progress each, at the same experience and epoch.
     """
 
     R: np.ndarray
@@ -287,6 +425,20 @@ class Progress:
         return metrics.summarize(self.R, self.times, memory, **self.inferred)
 
 
+def _progress_json(s: Setup, progress: list[Progress]):
+    """A checkpoint's progress: one seed's JSON, or a multi-seed run's list of them."""
+    return [p.to_json() for p in progress] if s.stacked else progress[0].to_json()
+
+
+def _progress_from_json(s: Setup, saved) -> list[Progress]:
+    return [Progress.from_json(d) for d in (saved if s.stacked else [saved])]
+
+
+def _memory(s: Setup, state) -> dict:
+    """The strategy's memory figures (the same for every seed)."""
+    return s.strategy.memory(s.unstack(state)[0])
+
+
 class Checkpointer:
     """Checkpoints of one run, the stop requests, and the results files that follow each.
 
@@ -296,199 +448,261 @@ class Checkpointer:
     metrics, plots and history: results are never on disk before the checkpoint that holds them.
     """
 
-    def __init__(self, s: Setup, workdir: Path, mngr, stop: rundir.StopRequests, config_json: dict):
-        self.s, self.workdir, self.mngr, self.stop, self.config_json = s, workdir, mngr, stop, config_json
+    def __init__(self, s: Setup, dirs: RunDirs, mngr, stop: rundir.StopRequests, config_json: dict):
+        self.s, self.dirs, self.mngr, self.stop, self.config_json = s, dirs, mngr, stop, config_json
         self.every_s = 60.0 * s.config.checkpoint.get("every_minutes", 5.0)
         self.last = time.monotonic()
 
-    def save(self, state, progress: Progress) -> None:
-        checkpoint.save(self.mngr, progress.step(self.s.epochs), state,
-                        {"config": self.config_json, "progress": progress.to_json()})
+    @property
+    def workdir(self) -> Path:
+        return self.dirs.workdir
+
+    def save(self, state, progress: list[Progress]) -> None:
+        checkpoint.save(self.mngr, progress[0].step(self.s.epochs), state,
+                        {"config": self.config_json, "progress": _progress_json(self.s, progress)})
         self.last = time.monotonic()
 
     def _stop_if_asked(self, stop: bool, where: str) -> None:
         if stop:
             raise rundir.Interrupted(self.stop.signal_name or "a signal to another process", where)
 
-    def safe_point(self, state, progress: Progress) -> None:
+    def safe_point(self, state, progress: list[Progress]) -> None:
         stop, due = runtime.agree(self.stop.signal_name is not None, time.monotonic() - self.last >= self.every_s)
         if stop or due:
             self.save(state, progress)
-        self._stop_if_asked(stop, f"in experience {progress.experience + 1}, after epoch {progress.epoch} of "
+        self._stop_if_asked(stop, f"in experience {progress[0].experience + 1}, after epoch {progress[0].epoch} of "
                                   f"{self.s.epochs}")
 
-    def end_of_experience(self, state, progress: Progress) -> None:
+    def end_of_experience(self, state, progress: list[Progress]) -> None:
         self.save(state, progress)
         if runtime.is_main_process():
-            write_results(self.workdir, progress, self.s.strategy.memory(state))
+            write_results(self.s, self.dirs, progress, _memory(self.s, state))
         stop, _ = runtime.agree(self.stop.signal_name is not None, False)
-        if progress.experience < self.s.num_experiences:
-            self._stop_if_asked(stop, f"after experience {progress.experience}")
+        if progress[0].experience < self.s.num_experiences:
+            self._stop_if_asked(stop, f"after experience {progress[0].experience}")
 
 
-def write_results(workdir: Path, progress: Progress, memory: dict) -> dict:
-    """metrics.json, the CSVs and plots of the completed experiences, and train_history.csv."""
-    summary = progress.summary(memory)
-    report.write_report(workdir, summary)
-    report.write_table(workdir / "train_history.csv", HISTORY_COLUMNS, progress.history)
-    return summary
+def write_results(s: Setup, dirs: RunDirs, progress: list[Progress], memory: dict) -> list[dict]:
+    """Each seed's metrics.json, CSVs and plots of the completed experiences, and train_history.csv
+    in its results directory; a multi-seed run's aggregate over seeds in its workdir. Returns the
+    seeds' summaries."""
+    summaries = [p.summary(memory) for p in progress]
+    for d, p, summary in zip(dirs.results, progress, summaries):
+        report.write_report(d, summary)
+        report.write_table(d / "train_history.csv", HISTORY_COLUMNS, p.history)
+    if dirs.grouped:
+        report.write_aggregate(dirs.workdir, metrics.aggregate_seeds(summaries, s.seeds))
+    return summaries
 
 
-def train_epochs(s: Setup, state, progress: Progress, arrays, spec, k_train, ckpt: Checkpointer):
+def _check_finite(s: Setup, rows: list[dict], ckpt: Checkpointer) -> None:
+    for seed, row in zip(s.seeds, rows):
+        if not math.isfinite(row["loss"]):
+            raise NonFiniteLossError(
+                f"the training loss became {row['loss']} in experience {row['experience'] + 1}, epoch "
+                f"{row['epoch'] + 1}{f' (seed {seed})' if s.stacked else ''}. Results and checkpoints up to "
+                f"experience {row['experience']} in {ckpt.workdir} are kept. Lower optim.lr, or check the data "
+                "(NaN inputs) and the config")
+
+
+def train_epochs(s: Setup, state, progress: list[Progress], arrays, spec, k_train, ckpt: Checkpointer):
     """Epochs progress.epoch..E−1 of experience t = progress.experience on `arrays` = (images,
-    labels, tasks, num_valid); appends each epoch's row to the history; a safe point between
-    epochs. Raises NonFiniteLossError when the loss is NaN or infinite."""
-    t, (images, labels, tasks, n_valid) = progress.experience, arrays
-    bar = tqdm(range(progress.epoch, s.epochs), initial=progress.epoch, total=s.epochs, unit="epoch",
+    labels, tasks, num_valid) (each seed's, stacked, for a multi-seed run); appends each epoch's row
+    to each seed's history; a safe point between epochs. Raises NonFiniteLossError when a loss is
+    NaN or infinite."""
+    t, (images, labels, tasks, n_valid) = progress[0].experience, arrays
+    bar = tqdm(range(progress[0].epoch, s.epochs), initial=progress[0].epoch, total=s.epochs, unit="epoch",
                desc=f"experience {t + 1}/{s.num_experiences}", disable=not s.config.train.progress, leave=False)
     for epoch in bar:
         tic = time.perf_counter()
         with _device_memory("train.batch_size", s.config.train.batch_size, "training"):
             state, step_metrics = train_epoch(
-                state, images, labels, tasks, n_valid, t, jax.random.fold_in(k_train, epoch), strategy=s.strategy,
-                spec=spec, batch_size=s.config.train.batch_size, first=t == 0, mesh=s.mesh)
+                state, images, labels, tasks, n_valid, t, fold_in(k_train, epoch), strategy=s.strategy,
+                spec=spec, batch_size=s.config.train.batch_size, first=t == 0, mesh=s.mesh, stacked=s.stacked)
             step_metrics = jax.device_get(step_metrics)  # waits for the epoch: its time is real
-        row = _epoch_row(t, epoch, step_metrics, time.perf_counter() - tic)
-        if not math.isfinite(row["loss"]):
-            raise NonFiniteLossError(
-                f"the training loss became {row['loss']} in experience {t + 1}, epoch {epoch + 1}. Results and "
-                f"checkpoints up to experience {t} in {ckpt.workdir} are kept. Lower optim.lr, or check the data "
-                "(NaN inputs) and the config")
-        progress.history.append(row)
-        progress.epoch = epoch + 1
-        progress.elapsed_s += row["time_s"]
-        bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['train_accuracy']:.3f}")
-        if progress.epoch < s.epochs:  # after the last epoch, the experience's own checkpoint follows
+        seconds = time.perf_counter() - tic
+        rows = [_epoch_row(t, epoch, m, seconds) for m in s.unstack(step_metrics)]
+        _check_finite(s, rows, ckpt)
+        for p, row in zip(progress, rows):
+            p.history.append(row)
+            p.epoch, p.elapsed_s = epoch + 1, p.elapsed_s + seconds
+        bar.set_postfix(loss=f"{np.mean([r['loss'] for r in rows]):.3f}",
+                        acc=f"{np.mean([r['train_accuracy'] for r in rows]):.3f}")
+        if epoch + 1 < s.epochs:  # after the last epoch, the experience's own checkpoint follows
             ckpt.safe_point(state, progress)
     return state
 
 
-def evaluate_seen(s: Setup, state, progress: Progress, tests, k_eval) -> None:
+def evaluate_seen(s: Setup, state, progress: list[Progress], tests, k_eval) -> None:
     """Row t of R (and of the matrices without task ids): every experience j ≤ t on its test set."""
     with _device_memory("train.eval_batch_size", s.config.train.eval_batch_size, "evaluating"):
         _evaluate_seen(s, state, progress, tests, k_eval)
 
 
-def _evaluate_seen(s: Setup, state, progress: Progress, tests, k_eval) -> None:
-    t = progress.experience
-    context = s.strategy.eval_context(state)
+def _evaluate_seen(s: Setup, state, progress: list[Progress], tests, k_eval) -> None:
+    t = progress[0].experience
+    context = eval_context(state, strategy=s.strategy, stacked=s.stacked)
     for j in range(t + 1):
         x, y, n = tests[j]
         kw = dict(strategy=s.strategy, spec=s.stream.experiences[j].preprocess,
-                  batch_size=s.config.train.eval_batch_size, mesh=s.mesh)
-        progress.R[t, j] = float(evaluate(state, context, x, y, n, j, jax.random.fold_in(k_eval, j), **kw))
-        if progress.inferred:  # the task inferred among the t + 1 learned ones
-            accs = evaluate_without_task_id(state, context, x, y, n, j, t + 1, jax.random.fold_in(k_eval, j), **kw)
-            for m, a in zip(WITHOUT_TASK_IDS, jax.device_get(accs)):
-                progress.inferred[m][t, j] = float(a)
+                  batch_size=s.config.train.eval_batch_size, mesh=s.mesh, stacked=s.stacked)
+        accuracy = evaluate(state, context, x, y, n, j, fold_in(k_eval, j), **kw)
+        for p, a in zip(progress, s.unstack(jax.device_get(accuracy))):
+            p.R[t, j] = float(a)
+        if s.without_task_ids:  # the task inferred among the t + 1 learned ones
+            accs = evaluate_without_task_id(state, context, x, y, n, j, t + 1, fold_in(k_eval, j), **kw)
+            for p, a in zip(progress, s.unstack(jax.device_get(accs))):
+                for m, value in zip(WITHOUT_TASK_IDS, a):
+                    p.inferred[m][t, j] = float(value)
 
 
-def _log_experience(log, progress: Progress, summary: dict) -> None:
-    t, T = progress.experience - 1, progress.R.shape[0]
-    log.info("experience %d/%d: %.1f s, accuracy %s; ACA %.4f, forgetting %s", t + 1, T, progress.times[-1],
-             " ".join(f"{a:.3f}" for a in progress.R[t, :t + 1]), summary["aca"],
-             "n/a" if summary["forgetting"] is None else f"{summary['forgetting']:.4f}")
-    if progress.inferred:
-        log.info("  without task ids (entropy task inference): class-incremental accuracy %.4f, "
-                 "task inference %.4f", summary["class_incremental_accuracy"], summary["task_inference_accuracy"])
+def _log_experience(s: Setup, log, progress: list[Progress], summaries: list[dict]) -> None:
+    t, T = progress[0].experience - 1, s.num_experiences
+    for seed, p, summary in zip(s.seeds, progress, summaries):
+        log.info("%sexperience %d/%d: %.1f s, accuracy %s; ACA %.4f, forgetting %s",
+                 f"seed {seed}: " if s.stacked else "", t + 1, T, p.times[-1],
+                 " ".join(f"{a:.3f}" for a in p.R[t, :t + 1]), summary["aca"],
+                 "n/a" if summary["forgetting"] is None else f"{summary['forgetting']:.4f}")
+        if p.inferred:
+            log.info("  without task ids (entropy task inference): class-incremental accuracy %.4f, "
+                     "task inference %.4f", summary["class_incremental_accuracy"], summary["task_inference_accuracy"])
 
 
-def run_stream(s: Setup, state, progress: Progress, ckpt: Checkpointer, log) -> dict:
-    """The experience loop from where `progress` stands to the end of the stream; the summary."""
-    T, stream, mesh = s.num_experiences, s.stream, s.mesh
-    _, k_stream = jax.random.split(jax.random.key(s.config.seed))
-    # A cumulative strategy (Joint) trains on the union of experiences 0..t: pad to the stream's size.
-    sizes = [e.train_labels.shape[0] for e in stream.experiences]
-    n_train = sum(sizes) if s.cumulative else max(sizes)
-    n_test = max(e.test_labels.shape[0] for e in stream.experiences)
-    tests = [(*runtime.replicate((_pad(e.test_images, n_test), _pad(e.test_labels, n_test)), mesh),
-              e.test_labels.shape[0]) for e in stream.experiences]
-    for t in range(progress.experience, T):
-        k_train, k_eval = jax.random.split(jax.random.fold_in(k_stream, t))
-        k_end = jax.random.fold_in(k_eval, T)  # end_experience's (evaluation uses fold_in(k_eval, j), j < T)
-        images, labels, tasks, spec = _training_set(stream, t, s.cumulative)
-        n_valid = labels.shape[0]
-        images, labels, tasks = runtime.replicate((_pad(images, n_train), _pad(labels, n_train),
-                                                   _pad(tasks, n_train)), mesh)
-        tic = time.perf_counter() - progress.elapsed_s
-        if progress.epoch == 0:  # (a checkpoint inside the experience holds the state after it)
-            state = runtime.replicate(s.strategy.begin_experience(state, t), mesh)
-        state = train_epochs(s, state, progress, (images, labels, tasks, n_valid), spec, k_train, ckpt)
-        state = s.strategy.end_experience(state, t, TrainData(images, labels, tasks, n_valid, spec, k_end))
+def _test_sets(s: Setup) -> list:
+    """Each experience's test set as (images, labels, real count): padded to the streams' largest,
+    replicated on the mesh; each seed's, stacked, for a multi-seed run."""
+    n_test = max(e.test_labels.shape[0] for stream in s.streams for e in stream.experiences)
+    tests = []
+    for j in range(s.num_experiences):
+        exps = [stream.experiences[j] for stream in s.streams]
+        x, y = s.stack([(_pad(e.test_images, n_test), _pad(e.test_labels, n_test)) for e in exps])
+        tests.append((*runtime.replicate((x, y), s.mesh), s.stack([e.test_labels.shape[0] for e in exps])))
+    return tests
+
+
+def _train_arrays(s: Setup, t: int):
+    """Experience t's training arrays (images, labels, tasks, num_valid), padded to the largest
+    experience of the streams (a cumulative strategy: to the union of all), replicated; each seed's,
+    stacked, for a multi-seed run; and their input pipeline."""
+    sizes = [[e.train_labels.shape[0] for e in stream.experiences] for stream in s.streams]
+    n_train = max(map(sum, sizes)) if s.cumulative else max(map(max, sizes))
+    sets = [_training_set(stream, t, s.cumulative) for stream in s.streams]
+    images, labels, tasks = s.stack([tuple(_pad(a, n_train) for a in arrays[:3]) for arrays in sets])
+    n_valid = s.stack([labels.shape[0] for _, labels, _, _ in sets])
+    return (*runtime.replicate((images, labels, tasks), s.mesh), n_valid), sets[0][3]
+
+
+def run_stream(s: Setup, state, progress: list[Progress], ckpt: Checkpointer, log) -> list[dict]:
+    """The experience loop from where `progress` stands to the end of the stream; each seed's summary."""
+    _, k_stream = split_key(s.key())
+    tests = _test_sets(s)
+    for t in range(progress[0].experience, s.num_experiences):
+        k_train, k_eval = split_key(fold_in(k_stream, t))
+        k_end = fold_in(k_eval, s.num_experiences)  # end_experience's (evaluation uses fold_in(k_eval, j), j < T)
+        arrays, spec = _train_arrays(s, t)
+        tic = time.perf_counter() - progress[0].elapsed_s
+        if progress[0].epoch == 0:  # (a checkpoint inside the experience holds the state after it)
+            state = runtime.replicate(over_seeds(lambda st: s.strategy.begin_experience(st, t), s.stacked)(state),
+                                      s.mesh)
+        state = train_epochs(s, state, progress, arrays, spec, k_train, ckpt)
+        end = lambda st, x, y, tasks, n, k: s.strategy.end_experience(st, t, TrainData(x, y, tasks, n, spec, k))
+        state = over_seeds(end, s.stacked)(state, *arrays, k_end)
         evaluate_seen(s, state, progress, tests, k_eval)
-        progress.times.append(time.perf_counter() - tic)
-        progress.experience, progress.epoch, progress.elapsed_s = t + 1, 0, 0.0
-        _log_experience(log, progress, progress.summary(s.strategy.memory(state)))
+        seconds = time.perf_counter() - tic
+        for p in progress:
+            p.times.append(seconds)
+            p.experience, p.epoch, p.elapsed_s = t + 1, 0, 0.0
+        _log_experience(s, log, progress, [p.summary(_memory(s, state)) for p in progress])
         ckpt.end_of_experience(state, progress)
-    summary = progress.summary(s.strategy.memory(state))
-    log.info("done: ACA %.4f, learning accuracy %.4f, forgetting %s, %.1f s", summary["aca"],
-             summary["learning_accuracy"], summary["forgetting"], summary["total_time_s"])
-    return summary
+    summaries = [p.summary(_memory(s, state)) for p in progress]
+    for seed, summary in zip(s.seeds, summaries):
+        log.info("%sdone: ACA %.4f, learning accuracy %.4f, forgetting %s, %.1f s", f"seed {seed}: " if s.stacked
+                 else "", summary["aca"], summary["learning_accuracy"], summary["forgetting"], summary["total_time_s"])
+    if s.stacked:
+        log.info("over seeds %s: %s", s.seeds, metrics.describe_aggregate(metrics.aggregate_seeds(summaries, s.seeds)))
+    return summaries
 
 
 @contextlib.contextmanager
-def _own(workdir: Path):
-    """Process 0 creates the run directory and holds its lock; every process learns whether it did."""
+def _own(dirs: RunDirs):
+    """Process 0 creates the run's directories and holds their locks; every process learns whether it did."""
     failure = None
     with contextlib.ExitStack() as stack:
         if runtime.is_main_process():
             try:
-                rundir.ensure_writable(workdir)
-                stack.enter_context(rundir.lock(workdir))
+                for d in dirs.all():
+                    rundir.ensure_writable(d)
+                    stack.enter_context(rundir.lock(d))
             except (rundir.WorkdirError, rundir.RunLockedError) as err:
                 failure = err
         if runtime.agree(failure is not None, False)[0]:
-            raise failure or rundir.RunLockedError(f"process 0 could not take the run directory {workdir}")
+            raise failure or rundir.RunLockedError(f"process 0 could not take the run directory {dirs.workdir}")
         yield
 
 
-def train_and_evaluate(config, workdir: str | Path, *, resume: bool = False) -> dict:
-    """Runs the stream of `config` with its strategy; writes the run directory; returns the summary.
+def _write_run_files(s: Setup, dirs: RunDirs, topology: runtime.Topology) -> None:
+    """config, stream and runtime of the run into each results directory (and the group's workdir)."""
+    for d, c, stream in zip(dirs.results, s.configs, s.streams):
+        report.write_config(d, c)
+        report.write_json(d / "stream.json", stream.describe())
+        report.write_json(d / "runtime.json", dataclasses.asdict(topology))
+        if dirs.grouped:
+            report.write_json(d / GROUP_JSON, {"workdir": str(dirs.workdir), "seed": c.seed, "seeds": s.seeds})
+    if dirs.grouped:
+        report.write_config(dirs.workdir, s.config)
+        report.write_json(dirs.workdir / "runtime.json", dataclasses.asdict(topology))
+
+
+def train_and_evaluate(config, workdir: str | Path, *, resume: bool = False):
+    """Runs the stream of `config` with its strategy; writes the run directory; returns the summary
+    (a multi-seed run, `config.seeds`: the list of each seed's summaries; see `RunDirs` for where
+    each seed's results go).
 
     resume=False refuses a workdir that already holds checkpoints (never overwrites a run);
     resume=True continues from the latest checkpoint (or starts if there is none). A SIGTERM or
     SIGINT stops the run at the next safe point with a checkpoint (`rundir.Interrupted`).
     """
-    workdir = Path(workdir)
     s = setup(config)
+    dirs = RunDirs.of(workdir, s.seeds if s.stacked else ())
     main = runtime.is_main_process()
-    with _own(workdir), rundir.StopRequests() as stop:
-        mngr = checkpoint.manager(workdir, config.checkpoint.max_to_keep)
+    with _own(dirs), rundir.StopRequests() as stop:
+        _check_dirs(dirs, resume)  # (before the checkpoint manager creates its directory)
+        mngr = checkpoint.manager(dirs.workdir, config.checkpoint.max_to_keep)
         if mngr.latest_step() is not None and not resume:
-            raise FileExistsError(f"{workdir} already holds a run (checkpoint step {mngr.latest_step()}); pass "
+            raise FileExistsError(f"{dirs.workdir} already holds a run (checkpoint step {mngr.latest_step()}); pass "
                                   "--resume (RESUME=1) to continue it, or choose another --workdir")
         config_json = metrics.jsonable(config.to_dict(), default=repr)
-        k_init, _ = jax.random.split(jax.random.key(config.seed))
-        state = runtime.replicate(init_state(k_init, strategy=s.strategy), s.mesh)
-        progress = Progress.start(s)
+        k_init, _ = split_key(s.key())
+        state = runtime.replicate(init_state(k_init, strategy=s.strategy, stacked=s.stacked), s.mesh)
+        progress = [Progress.start(s) for _ in s.seeds]
         # before the log is opened: a refused resume (another config) leaves the run directory as it was
         damaged = []
         restored = (checkpoint.restore_latest(mngr, state, config_json, RESUMABLE_FIELDS, warn=damaged.append,
                                               move=main) if resume else None)
-        with report.run_log(workdir, to_file=main) as log:
+        with report.run_log(dirs.workdir, to_file=main) as log:
             topology = runtime.Topology.of(s.mesh)
             log.info("running on %s", topology.describe())
+            if s.stacked:
+                log.info("seeds %s in one program; their results in %s", s.seeds, ", ".join(map(str, dirs.results)))
             for warning in damaged:
                 log.warning("%s", warning)
             if restored is not None:
                 _, state, meta = restored
-                progress = Progress.from_json(meta["progress"])
-                if progress.epoch:
+                progress = _progress_from_json(s, meta["progress"])
+                at = progress[0]
+                if at.epoch:
                     log.info("resumed from the checkpoint in experience %d/%d, after epoch %d/%d",
-                             progress.experience + 1, s.num_experiences, progress.epoch, s.epochs)
+                             at.experience + 1, s.num_experiences, at.epoch, s.epochs)
                 else:
-                    log.info("resumed from the checkpoint after experience %d/%d", progress.experience,
-                             s.num_experiences)
+                    log.info("resumed from the checkpoint after experience %d/%d", at.experience, s.num_experiences)
             elif resume:
-                log.info("no checkpoint in %s: starting from the first experience", workdir)
+                log.info("no checkpoint in %s: starting from the first experience", dirs.workdir)
             if main:
-                report.write_config(workdir, config)
-                report.write_json(workdir / "stream.json", s.stream.describe())
-                report.write_json(workdir / "runtime.json", dataclasses.asdict(topology))
-                if progress.times:  # a kill between a checkpoint and its results files: write them again
-                    write_results(workdir, progress, s.strategy.memory(state))
+                _write_run_files(s, dirs, topology)
+                if progress[0].times:  # a kill between a checkpoint and its results files: write them again
+                    write_results(s, dirs, progress, _memory(s, state))
             log.info("stream %s: %d experiences of %d classes; strategy %s, freeze depth %d, |psi| = %d",
                      s.stream.name, s.num_experiences, s.stream.classes_per_experience, config.strategy.name,
-                     config.strategy.freeze_depth, s.strategy.memory(state).get("hypernetwork_params", 0))
-            ckpt = Checkpointer(s, workdir, mngr, stop, config_json)
-            return run_stream(s, state, progress, ckpt, log)
+                     config.strategy.freeze_depth, _memory(s, state).get("hypernetwork_params", 0))
+            summaries = run_stream(s, state, progress, Checkpointer(s, dirs, mngr, stop, config_json), log)
+            return summaries if s.stacked else summaries[0]

@@ -37,6 +37,7 @@ BAD = [
     ("--config.model.num_classes=1", "model.num_classes=1 is smaller than the stream's 2 classes per experience"),
     ("--config.checkpoint.max_to_keep=0", "checkpoint.max_to_keep=0 must be an integer ≥ 1"),
     ("--config.checkpoint.every_minutes=0", "checkpoint.every_minutes=0.0 must be a finite number > 0"),
+    ("--config.seeds=0,0", "seeds=(0, 0) must be distinct integers ≥ 0"),
     ("--config.train.epoch=3", "unknown config field in --config.train.epoch: did you mean 'epochs'?"),
 ]
 
@@ -88,6 +89,9 @@ def test_rules_are_checked_in_process_too(tmp_path):
     with pytest.raises(ConfigError, match="train.epochs=0 .*; optim.lr=-1.0 "):
         train.train_and_evaluate(tiny_config(**{"train.epochs": 0, "optim.lr": -1.0}), tmp_path)
     assert not tmp_path.exists() or not any(tmp_path.iterdir())
+    for bad in ((0, 0), (-1,), ("0,1",)):
+        with pytest.raises(ConfigError, match="seeds="):
+            train.train_and_evaluate(tiny_config(seeds=bad), tmp_path)
 
 
 @pytest.mark.system

@@ -289,3 +289,21 @@ def test_megabytes_exact_values_and_errors():
         M.buffer_megabytes(10, (3, -1))
     with pytest.raises(ValueError, match="bytes_per_value"):
         M.buffer_megabytes(10, (3,), bytes_per_value=0.5)
+
+
+def test_mean_and_sample_std_over_seeds_by_hand():
+    m = M.mean_std([0.5, 0.7, None, 0.9, float("nan")])  # None and NaN (undefined) are left out
+    assert m["n"] == 3 and m["mean"] == pytest.approx(0.7) and m["std"] == pytest.approx(0.2)  # sqrt(0.08 / 2)
+    assert M.mean_std([0.4]) == {"mean": 0.4, "std": None, "n": 1}
+    assert M.mean_std([]) == {"mean": None, "std": None, "n": 0}
+    R1 = np.array([[0.9, np.nan], [0.7, 0.8]])
+    R2 = np.array([[0.8, np.nan], [0.8, 0.6]])
+    agg = M.aggregate_seeds([M.summarize(R1, [1.0, 2.0]), M.summarize(R2, [3.0, 4.0])], [0, 1])
+    # ACA 0.75 and 0.7; forgetting 0.2 and 0.0; R[1, 0]: 0.7 and 0.8
+    assert agg["aca"]["mean"] == pytest.approx(0.725) and agg["aca"]["std"] == pytest.approx(0.05 / math.sqrt(2))
+    assert agg["forgetting"]["mean"] == pytest.approx(0.1) and agg["total_time_s"]["mean"] == pytest.approx(5.0)
+    assert [m["mean"] for m in agg["per_experience"]["final_accuracy"]] == pytest.approx([0.75, 0.7])
+    assert [m["mean"] for m in agg["per_experience"]["accuracy_when_learned"]] == pytest.approx([0.85, 0.7])
+    assert "class_incremental_accuracy" not in agg and agg["completed_experiences"] == 2
+    with pytest.raises(ValueError, match="one summary per seed"):
+        M.aggregate_seeds([M.summarize(R1, [1.0, 2.0])], [0, 1])

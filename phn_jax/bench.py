@@ -1,0 +1,249 @@
+"""Benchmarks of the engine's own compiled programs on CIFAR-shaped data (`make bench`).
+
+    python -m phn_jax.bench [--parts steps,seeds,eval] [--out runs/bench] [--steps 20]
+
+Every figure is measured in this one run, on this machine, so the ratios it prints (second over
+first order, S seeds over one) compare like with like; machines are noisy: compare ratios and
+medians, never a lone absolute time.
+
+What is timed is `phn_jax.train.train_epoch` on one batch (one step: preprocessing, augmentation
+and the strategy's step inside jit, exactly as a run calls it), on a synthetic stream of the
+paper's shapes: 20 experiences of 5 classes, 32×32×3 uint8 images, batch 64, slim ResNet-18
+(nf = 20), 10 outputs per head. Look-ahead steps are experience 2's (t = 1; the regulariser costs
+the same at every t ≥ 1: it generates the weights of every task); the experience-1 step (t = 0)
+trains the whole network.
+
+For each program: ms per step (median, min, max over `--steps` steps after two warm-up steps),
+images/s (= seeds · batch / median step), GFLOP/s (XLA's cost analysis of the compiled program,
+flops / median step), its memory (arguments + outputs + temporaries − aliased, from XLA's memory
+analysis), and the compile time with a cold and then a warm persistent compilation cache.
+
+Parts:
+  steps  HN-k for k = 0..4 at orders none, first and second; the experience-1 step of each k;
+         the Naive, EWC and LR-3 steps
+  seeds  HN-3 (first order) and its experience-1 step with 1, 3 and 8 seeds in one program
+         (`config.seeds`): images/s summed over seeds
+  eval   evaluation of 20 tasks on their test sets (500 images each), as after the last experience
+
+Writes `bench.json` and `bench.md` (the same tables) under --out.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from phn_jax import config as config_lib
+from phn_jax import metrics, report, runtime, train
+
+BATCH = 64
+TASKS = 20
+PARTS = ("steps", "seeds", "eval")
+
+
+def bench_config(strategy: str = "hn", freeze_depth: int = 3, order: str = "first", seeds: tuple = ()):
+    """The paper's Split-CIFAR100 shapes on the synthetic stream (no dataset needed)."""
+    c = config_lib.base_config("synthetic")
+    c.data.update(num_experiences=TASKS, classes_per_experience=5, train_per_class=BATCH // 5 + 1,
+                  test_per_class=100, image_size=32, conflict=False)
+    c.strategy.update(name=strategy, freeze_depth=freeze_depth, order=order)
+    c.train.update(batch_size=BATCH, eval_batch_size=256, progress=False, num_devices=1)
+    c.seeds = tuple(seeds)
+    return c
+
+
+@dataclasses.dataclass
+class Timing:
+    """One compiled program's figures."""
+
+    name: str
+    seeds: int
+    ms_median: float
+    ms_min: float
+    ms_max: float
+    images_per_s: float
+    gflop_per_s: float | None
+    memory_mb: float | None
+    compile_cold_s: float
+    compile_warm_s: float
+
+
+def _compile(fn, args, kwargs, cache_dir: Path) -> tuple:
+    """(compiled program, cold compile seconds, warm compile seconds): compiled once into an empty
+    persistent cache, then again after dropping the in-memory caches (loaded from the persistent one)."""
+    shutil.rmtree(cache_dir, ignore_errors=True)
+    jax.config.update("jax_compilation_cache_dir", str(cache_dir))
+    tic = time.perf_counter()
+    compiled = fn.lower(*args, **kwargs).compile()
+    cold = time.perf_counter() - tic
+    jax.clear_caches()
+    tic = time.perf_counter()
+    compiled = fn.lower(*args, **kwargs).compile()
+    return compiled, cold, time.perf_counter() - tic
+
+
+def _cost(compiled) -> tuple[float | None, float | None]:
+    """(flops, memory in MB) of a compiled program, where XLA reports them."""
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = (cost or {}).get("flops")
+    mem = compiled.memory_analysis()
+    mb = None
+    if mem is not None:
+        total = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+                 - mem.alias_size_in_bytes)
+        mb = total / metrics.BYTES_PER_MIB
+    return flops, mb
+
+
+def _batch(s: train.Setup, t: int):
+    """Experience t's first BATCH training images of each seed (one step), replicated."""
+    def one(stream):
+        e = stream.experiences[t]
+        return e.train_images[:BATCH], e.train_labels[:BATCH], np.full(BATCH, t, np.int32)
+    images, labels, tasks = s.stack([one(stream) for stream in s.streams])
+    return (*runtime.replicate((images, labels, tasks), s.mesh), s.stack([BATCH] * len(s.seeds)))
+
+
+def time_step(name: str, config, t: int, steps: int, cache_dir: Path) -> Timing:
+    """The training step of experience t of `config` (one batch per call of `train_epoch`)."""
+    s = train.setup(config)
+    k_init, _ = train.split_key(s.key())
+    state = train.init_state(k_init, strategy=s.strategy, stacked=s.stacked)
+    state = train.over_seeds(lambda st: s.strategy.begin_experience(st, t), s.stacked)(state)
+    state = runtime.replicate(state, s.mesh)
+    arrays = _batch(s, t)
+    key = train.fold_in(s.key(), 7)
+    kwargs = dict(strategy=s.strategy, spec=s.stream.experiences[t].preprocess, batch_size=BATCH, first=t == 0,
+                  mesh=s.mesh, stacked=s.stacked)
+    compiled, cold, warm = _compile(train.train_epoch, (state, *arrays, t, key), kwargs, cache_dir)
+    times = []
+    for i in range(steps + 2):
+        tic = time.perf_counter()
+        state, m = compiled(state, *arrays, t, key)
+        jax.block_until_ready((state, m))
+        times.append(time.perf_counter() - tic)
+    return _timing(name, len(s.seeds), times[2:], compiled, cold, warm, BATCH * len(s.seeds))
+
+
+def time_eval(name: str, config, repeats: int, cache_dir: Path) -> Timing:
+    """Evaluation after the last experience: every task's test set, ω of all tasks generated once."""
+    s = train.setup(config)
+    k_init, _ = train.split_key(s.key())
+    state = runtime.replicate(train.init_state(k_init, strategy=s.strategy, stacked=s.stacked), s.mesh)
+    tests = train._test_sets(s)
+    kwargs = dict(strategy=s.strategy, spec=s.stream.experiences[0].preprocess, batch_size=256, mesh=s.mesh,
+                  stacked=s.stacked)
+    key = s.key()
+    x, y, n = tests[0]
+    compiled, cold, warm = _compile(train.evaluate, (state, train.eval_context(state, strategy=s.strategy), x, y, n, 0,
+                                                     key), kwargs, cache_dir)
+    times = []
+    for _ in range(repeats + 1):
+        tic = time.perf_counter()
+        context = train.eval_context(state, strategy=s.strategy)
+        accs = [compiled(state, context, x, y, n, j, key) for j, (x, y, n) in enumerate(tests)]
+        jax.block_until_ready(accs)
+        times.append(time.perf_counter() - tic)
+    images = sum(int(n) for _, _, n in tests)
+    return _timing(name, 1, times[1:], compiled, cold, warm, images, flops_per_call=len(tests))
+
+
+def _timing(name, seeds, times, compiled, cold, warm, images, flops_per_call: int = 1) -> Timing:
+    flops, mb = _cost(compiled)
+    med = statistics.median(times)
+    return Timing(name, seeds, 1e3 * med, 1e3 * min(times), 1e3 * max(times), images / med,
+                  None if flops is None else flops_per_call * flops / med / 1e9, mb, cold, warm)
+
+
+def cases(parts) -> list[tuple[str, object, int]]:
+    """(name, config, experience) of every program to time."""
+    out = []
+    if "steps" in parts:
+        for k in range(5):
+            out += [(f"HN-{k} {order}", bench_config("hn", k, order), 1) for order in ("none", "first", "second")]
+            out.append((f"HN-{k} experience 1", bench_config("hn", k), 0))
+        out += [("Naive", bench_config("naive", 0), 1), ("EWC", bench_config("ewc", 0), 1),
+                ("LR-3", bench_config("lr", 3), 1)]
+    if "seeds" in parts:
+        for n in (1, 3, 8):
+            seeds = tuple(range(n)) if n > 1 else ()
+            out += [(f"HN-3 first, {n} seed(s)", bench_config("hn", 3, "first", seeds), 1),
+                    (f"HN-3 experience 1, {n} seed(s)", bench_config("hn", 3, "first", seeds), 0)]
+    return out
+
+
+def ratios(timings: list[Timing]) -> dict[str, float]:
+    """Second over first order at each k; S seeds' images/s over one seed's."""
+    by = {t.name: t for t in timings}
+    out = {}
+    for k in range(5):
+        if f"HN-{k} second" in by and f"HN-{k} first" in by:
+            out[f"HN-{k} second / first order (time)"] = by[f"HN-{k} second"].ms_median / by[f"HN-{k} first"].ms_median
+    for what in ("HN-3 first", "HN-3 experience 1"):
+        one = by.get(f"{what}, 1 seed(s)")
+        for n in (3, 8):
+            many = by.get(f"{what}, {n} seed(s)")
+            if one and many:
+                out[f"{what}: {n} seeds / 1 seed (images/s)"] = many.images_per_s / one.images_per_s
+    return out
+
+
+def markdown(timings: list[Timing], ratio: dict[str, float], machine: dict) -> str:
+    fmt = lambda v, d=1: "n/a" if v is None else f"{v:.{d}f}"
+    lines = [f"# phn_jax bench: {machine['platform']} ({machine['device']}), {machine['cpu']}, jax {machine['jax']}",
+             "", f"Batch {BATCH} of 32×32×3, slim ResNet-18 (nf 20), {TASKS} tasks; medians over the steps timed.", "",
+             "| program | seeds | ms/step median (min–max) | images/s | GFLOP/s | memory MB | compile cold / warm s |",
+             "|---|---|---|---|---|---|---|"]
+    for t in timings:
+        lines.append(f"| {t.name} | {t.seeds} | {fmt(t.ms_median)} ({fmt(t.ms_min)}–{fmt(t.ms_max)}) | "
+                     f"{fmt(t.images_per_s, 0)} | {fmt(t.gflop_per_s)} | {fmt(t.memory_mb)} | "
+                     f"{fmt(t.compile_cold_s)} / {fmt(t.compile_warm_s)} |")
+    if ratio:
+        lines += ["", "| ratio (same run) | value |", "|---|---|"] + [f"| {k} | {v:.2f} |" for k, v in ratio.items()]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--parts", default=",".join(PARTS), help="comma-separated: " + ", ".join(PARTS))
+    parser.add_argument("--out", default="runs/bench")
+    parser.add_argument("--steps", type=int, default=20, help="steps timed per program (after 2 warm-up)")
+    args = parser.parse_args(argv)
+    parts = args.parts.split(",")
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        parser.error(f"unknown part(s) {sorted(unknown)}: choose from {', '.join(PARTS)}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cache_dir = out / "xla-cache"
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    dev = jax.devices()[0]
+    machine = {"platform": dev.platform, "device": dev.device_kind, "cpu": platform.processor() or platform.machine(),
+               "jax": jax.__version__}
+    timings = []
+    for name, config, t in cases(parts):
+        timings.append(time_step(name, config, t, args.steps, cache_dir))
+        print(f"{name}: {timings[-1].ms_median:.1f} ms/step, {timings[-1].images_per_s:.0f} images/s", flush=True)
+    if "eval" in parts:
+        timings.append(time_eval(f"evaluation of {TASKS} tasks (HN-3)", bench_config("hn", 3), args.steps, cache_dir))
+    shutil.rmtree(cache_dir, ignore_errors=True)
+    ratio = ratios(timings)
+    result = {"machine": machine, "timings": [dataclasses.asdict(t) for t in timings], "ratios": ratio}
+    report.write_json(out / "bench.json", result)
+    text = markdown(timings, ratio, machine)
+    report._write_text(out / "bench.md", text)
+    print(text)
+    return result
+
+
+if __name__ == "__main__":
+    main()
