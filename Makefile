@@ -91,6 +91,10 @@ ablation-order: $(STAMP) ## Table 5: first- vs second-order look-ahead for k=0..
 	  $(MAKE) --no-print-directory cifar100 STRATEGY=hn FREEZE=$$k ORDER=$$o RESUME=1 || exit 1; done; done
 	$(PY) experiments/table.py $(ABLATION_RUNS)
 
+.PHONY: bench
+bench: $(STAMP) ## time every step (HN-k x order, experience 1, baselines), seeds (1/3/8, vmap and map) and evaluation on CIFAR shapes: runs/bench/bench.{json,md}; PARTS=steps,seeds,eval STEPS=20
+	$(PY) -m phn_jax.bench --out $(RUNS)/bench $(if $(PARTS),--parts $(PARTS)) $(if $(STEPS),--steps $(STEPS))
+
 .PHONY: data
 data: $(STAMP) ## prepare a dataset for tfds.data_source: DATASET=<name> [DATA_DIR=<tfds dir>] [MANUAL_DIR=<archives copied by hand>]
 	@test -n "$(DATASET)" || { echo "make data: set DATASET=<name>, one of: cifar10 cifar100 mnist fashion_mnist svhn_cropped gtsrb tiny_imagenet" >&2; exit 2; }

@@ -49,13 +49,14 @@ TASKS = 20
 PARTS = ("steps", "seeds", "eval")
 
 
-def bench_config(strategy: str = "hn", freeze_depth: int = 3, order: str = "first", seeds: tuple = ()):
+def bench_config(strategy: str = "hn", freeze_depth: int = 3, order: str = "first", seeds: tuple = (),
+                 seed_axis: str = "auto"):
     """The paper's Split-CIFAR100 shapes on the synthetic stream (no dataset needed)."""
     c = config_lib.base_config("synthetic")
     c.data.update(num_experiences=TASKS, classes_per_experience=5, train_per_class=BATCH // 5 + 1,
                   test_per_class=100, image_size=32, conflict=False)
     c.strategy.update(name=strategy, freeze_depth=freeze_depth, order=order)
-    c.train.update(batch_size=BATCH, eval_batch_size=256, progress=False, num_devices=1)
+    c.train.update(batch_size=BATCH, eval_batch_size=256, progress=False, num_devices=1, seed_axis=seed_axis)
     c.seeds = tuple(seeds)
     return c
 
@@ -76,11 +77,10 @@ class Timing:
     compile_warm_s: float
 
 
-def _compile(fn, args, kwargs, cache_dir: Path) -> tuple:
-    """(compiled program, cold compile seconds, warm compile seconds): compiled once into an empty
-    persistent cache, then again after dropping the in-memory caches (loaded from the persistent one)."""
-    shutil.rmtree(cache_dir, ignore_errors=True)
-    jax.config.update("jax_compilation_cache_dir", str(cache_dir))
+def _compile(fn, args, kwargs) -> tuple:
+    """(compiled program, cold compile seconds, warm compile seconds): compiled once (a program new
+    to the bench's persistent cache, which starts empty), then again after dropping the in-memory
+    caches (loaded from the persistent one)."""
     tic = time.perf_counter()
     compiled = fn.lower(*args, **kwargs).compile()
     cold = time.perf_counter() - tic
@@ -113,39 +113,41 @@ def _batch(s: train.Setup, t: int):
     return (*runtime.replicate((images, labels, tasks), s.mesh), s.stack([BATCH] * len(s.seeds)))
 
 
-def time_step(name: str, config, t: int, steps: int, cache_dir: Path) -> Timing:
+def time_step(name: str, config, t: int, steps: int) -> Timing:
     """The training step of experience t of `config` (one batch per call of `train_epoch`)."""
     s = train.setup(config)
     k_init, _ = train.split_key(s.key())
-    state = train.init_state(k_init, strategy=s.strategy, stacked=s.stacked)
-    state = train.over_seeds(lambda st: s.strategy.begin_experience(st, t), s.stacked)(state)
+    state = train.init_state(k_init, strategy=s.strategy, seed_axis=s.seed_axis)
+    state = train.over_seeds(lambda st: s.strategy.begin_experience(st, t), s.seed_axis)(state)
     state = runtime.replicate(state, s.mesh)
     arrays = _batch(s, t)
     key = train.fold_in(s.key(), 7)
     kwargs = dict(strategy=s.strategy, spec=s.stream.experiences[t].preprocess, batch_size=BATCH, first=t == 0,
-                  mesh=s.mesh, stacked=s.stacked)
-    compiled, cold, warm = _compile(train.train_epoch, (state, *arrays, t, key), kwargs, cache_dir)
+                  mesh=s.mesh, seed_axis=s.seed_axis)
+    compiled, cold, warm = _compile(train.train_epoch, (state, *arrays, t, key), kwargs)
     times = []
     for i in range(steps + 2):
         tic = time.perf_counter()
         state, m = compiled(state, *arrays, t, key)
         jax.block_until_ready((state, m))
         times.append(time.perf_counter() - tic)
-    return _timing(name, len(s.seeds), times[2:], compiled, cold, warm, BATCH * len(s.seeds))
+    # XLA's cost analysis counts a loop's body once: lax.map's body is one seed's step
+    loops = len(s.seeds) if s.seed_axis == "map" else 1
+    return _timing(name, len(s.seeds), times[2:], compiled, cold, warm, BATCH * len(s.seeds), flops_per_call=loops)
 
 
-def time_eval(name: str, config, repeats: int, cache_dir: Path) -> Timing:
+def time_eval(name: str, config, repeats: int) -> Timing:
     """Evaluation after the last experience: every task's test set, ω of all tasks generated once."""
     s = train.setup(config)
     k_init, _ = train.split_key(s.key())
-    state = runtime.replicate(train.init_state(k_init, strategy=s.strategy, stacked=s.stacked), s.mesh)
+    state = runtime.replicate(train.init_state(k_init, strategy=s.strategy, seed_axis=s.seed_axis), s.mesh)
     tests = train._test_sets(s)
     kwargs = dict(strategy=s.strategy, spec=s.stream.experiences[0].preprocess, batch_size=256, mesh=s.mesh,
-                  stacked=s.stacked)
+                  seed_axis=s.seed_axis)
     key = s.key()
     x, y, n = tests[0]
     compiled, cold, warm = _compile(train.evaluate, (state, train.eval_context(state, strategy=s.strategy), x, y, n, 0,
-                                                     key), kwargs, cache_dir)
+                                                     key), kwargs)
     times = []
     for _ in range(repeats + 1):
         tic = time.perf_counter()
@@ -174,10 +176,11 @@ def cases(parts) -> list[tuple[str, object, int]]:
         out += [("Naive", bench_config("naive", 0), 1), ("EWC", bench_config("ewc", 0), 1),
                 ("LR-3", bench_config("lr", 3), 1)]
     if "seeds" in parts:
-        for n in (1, 3, 8):
-            seeds = tuple(range(n)) if n > 1 else ()
-            out += [(f"HN-3 first, {n} seed(s)", bench_config("hn", 3, "first", seeds), 1),
-                    (f"HN-3 experience 1, {n} seed(s)", bench_config("hn", 3, "first", seeds), 0)]
+        for t, what in ((1, "HN-3 first"), (0, "HN-3 experience 1")):
+            out.append((f"{what}, 1 seed", bench_config("hn", 3), t))
+            for n in (3, 8):
+                out += [(f"{what}, {n} seeds {axis}", bench_config("hn", 3, "first", tuple(range(n)), axis), t)
+                        for axis in train.SEED_AXES]
     return out
 
 
@@ -189,11 +192,12 @@ def ratios(timings: list[Timing]) -> dict[str, float]:
         if f"HN-{k} second" in by and f"HN-{k} first" in by:
             out[f"HN-{k} second / first order (time)"] = by[f"HN-{k} second"].ms_median / by[f"HN-{k} first"].ms_median
     for what in ("HN-3 first", "HN-3 experience 1"):
-        one = by.get(f"{what}, 1 seed(s)")
+        one = by.get(f"{what}, 1 seed")
         for n in (3, 8):
-            many = by.get(f"{what}, {n} seed(s)")
-            if one and many:
-                out[f"{what}: {n} seeds / 1 seed (images/s)"] = many.images_per_s / one.images_per_s
+            for axis in train.SEED_AXES:
+                many = by.get(f"{what}, {n} seeds {axis}")
+                if one and many:
+                    out[f"{what}: {n} seeds ({axis}) / 1 seed (images/s)"] = many.images_per_s / one.images_per_s
     return out
 
 
@@ -225,22 +229,26 @@ def main(argv=None) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cache_dir = out / "xla-cache"
+    shutil.rmtree(cache_dir, ignore_errors=True)
+    cache_dir.mkdir()
+    runtime.enable_compilation_cache(cache_dir)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     dev = jax.devices()[0]
     machine = {"platform": dev.platform, "device": dev.device_kind, "cpu": platform.processor() or platform.machine(),
                "jax": jax.__version__}
     timings = []
     for name, config, t in cases(parts):
-        timings.append(time_step(name, config, t, args.steps, cache_dir))
+        timings.append(time_step(name, config, t, args.steps))
         print(f"{name}: {timings[-1].ms_median:.1f} ms/step, {timings[-1].images_per_s:.0f} images/s", flush=True)
     if "eval" in parts:
-        timings.append(time_eval(f"evaluation of {TASKS} tasks (HN-3)", bench_config("hn", 3), args.steps, cache_dir))
+        timings.append(time_eval(f"evaluation of {TASKS} tasks (HN-3)", bench_config("hn", 3), args.steps))
     shutil.rmtree(cache_dir, ignore_errors=True)
     ratio = ratios(timings)
     result = {"machine": machine, "timings": [dataclasses.asdict(t) for t in timings], "ratios": ratio}
     report.write_json(out / "bench.json", result)
     text = markdown(timings, ratio, machine)
-    report._write_text(out / "bench.md", text)
+    with report.atomic_open(out / "bench.md") as f:
+        f.write(text)
     print(text)
     return result
 

@@ -60,8 +60,10 @@ def base_config(stream: str) -> ml_collections.ConfigDict:
     ))
     c.optim = ml_collections.ConfigDict(dict(lr=1e-3, eps_root=0.0))
     # num_devices: the mesh's devices (0: every device of every process); batch sizes are global
+    # seed_axis: how a multi-seed run (`seeds`) goes over its seeds: vmap | map (lax.map, one after another in
+    # the program) | auto (vmap on GPUs and TPUs, map on CPUs, where grouped convolutions are slow)
     c.train = ml_collections.ConfigDict(dict(epochs=100, batch_size=64, eval_batch_size=256, progress=True,
-                                             num_devices=0))
+                                             num_devices=0, seed_axis="auto"))
     # task_inference: also evaluate without task ids, the task inferred by predictive entropy (von
     # Oswald et al.'s HNET+ENT), for strategies that can (hn): class-incremental and task-inference accuracy
     c.eval = ml_collections.ConfigDict(dict(task_inference=True))
@@ -153,6 +155,7 @@ RULES = (
     ("train.batch_size", _integer(1), "the global training batch (the paper: 64)"),
     ("train.eval_batch_size", _integer(1), "the global evaluation batch (the paper: 256)"),
     ("train.num_devices", _integer(0), "0 uses every device"),
+    ("train.seed_axis", _one_of(("auto", "vmap", "map")), "how several seeds share one program"),
     ("optim.lr", _number(0, strict=True), "Adam's learning rate (the paper: 1e-3)"),
     ("strategy.beta", _number(0, strict=False), "β of the output regulariser (the paper: 0.5; 0 turns it off)"),
     ("model.nf", _integer(1), "the slim ResNet's width (the paper: 20)"),

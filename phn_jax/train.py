@@ -33,8 +33,9 @@ Randomness: the run's key `jax.random.key(config.seed)` is split into (initialis
 experience t draws its keys from fold_in(stream, t), epoch e from a fold_in of that.
 
 Seeds (`config.seeds`, e.g. 0,1,2): the seeds of one config run as one program, every function
-of a step `jax.vmap`ped over a leading seed axis of the state, of the data (each seed's stream
-draws its own class order) and of the keys (`Setup.stacked`; a run of one seed is not vmapped).
+of a step taken over a leading seed axis of the state, of the data (each seed's stream draws its
+own class order) and of the keys (`Setup.stacked`), by `jax.vmap` or `jax.lax.map`
+(`train.seed_axis`, `over_seeds`); a single run has no seed axis.
 Each seed writes the results directory it would write alone (`RunDirs`); the run directory of the
 group holds the checkpoints, the log and the aggregate over seeds (`metrics.aggregate_seeds`).
 
@@ -65,7 +66,7 @@ from phn_jax.strategies.base import TrainData, masked_correct
 
 # Config fields that may change between an interrupted run and its resumption.
 # (the device count too: a run may move to another machine, with float-level differences, DESIGN §6)
-RESUMABLE_FIELDS = ("train.progress", "train.num_devices", "checkpoint.max_to_keep", "checkpoint.every_minutes")
+RESUMABLE_FIELDS = ("train.progress", "train.num_devices", "train.seed_axis", "checkpoint.max_to_keep", "checkpoint.every_minutes")
 HISTORY_COLUMNS = ("experience", "epoch", "loss", "ce", "reg", "cos_g1_g2", "train_accuracy", "time_s")
 
 
@@ -118,39 +119,47 @@ def _training_set(stream, t: int, cumulative: bool) -> tuple[np.ndarray, np.ndar
             np.concatenate(tasks), _pipeline(stream, t, cumulative))
 
 
-def over_seeds(fn, stacked: bool):
-    """`fn`, or with `stacked` (a multi-seed run) `fn` vmapped over a leading seed axis [S] of every
-    argument and result."""
-    return jax.vmap(fn) if stacked else fn
+# How a multi-seed run's programs go over the seed axis (`train.seed_axis`): vmap: vectorised, the
+# seeds' convolutions become grouped convolutions (fast on GPUs and TPUs); map: `lax.map`, one seed
+# after another inside the program (XLA:CPU's grouped convolutions are slower than a loop).
+SEED_AXES = ("vmap", "map")
+
+
+def over_seeds(fn, seed_axis: str | None):
+    """`fn`, or `fn` over a leading seed axis [S] of every argument and result: seed_axis None (a
+    single run), "vmap" (`jax.vmap`) or "map" (`jax.lax.map`); the results are the same."""
+    if seed_axis == "map":
+        return lambda *args: jax.lax.map(lambda a: fn(*a), args)
+    return jax.vmap(fn) if seed_axis == "vmap" else fn
 
 
 def split_key(key) -> tuple[jax.Array, jax.Array]:
     """Two keys from one key, or from each key of a stack [S] (the seeds' keys)."""
-    keys = over_seeds(jax.random.split, key.ndim > 0)(key)
+    keys = over_seeds(jax.random.split, "vmap" if key.ndim else None)(key)
     return keys[..., 0], keys[..., 1]
 
 
 def fold_in(key, i: int) -> jax.Array:
     """`jax.random.fold_in(key, i)`, for one key or each key of a stack [S]."""
-    return over_seeds(lambda k: jax.random.fold_in(k, i), key.ndim > 0)(key)
+    return over_seeds(lambda k: jax.random.fold_in(k, i), "vmap" if key.ndim else None)(key)
 
 
-@partial(jax.jit, static_argnames=("strategy", "stacked"))
-def init_state(key, *, strategy, stacked=False):
+@partial(jax.jit, static_argnames=("strategy", "seed_axis"))
+def init_state(key, *, strategy, seed_axis=None):
     """`strategy.init(key)` compiled once (eagerly, each parameter's initialiser compiles on its own);
-    with `stacked`, one state per key of key [S], stacked."""
-    return over_seeds(strategy.init, stacked)(key)
+    with a seed axis, one state per key of key [S], stacked."""
+    return over_seeds(strategy.init, seed_axis)(key)
 
 
-@partial(jax.jit, static_argnames=("strategy", "spec", "batch_size", "first", "mesh", "stacked"), donate_argnums=(0,))
+@partial(jax.jit, static_argnames=("strategy", "spec", "batch_size", "first", "mesh", "seed_axis"), donate_argnums=(0,))
 def train_epoch(state, images, labels, tasks, num_valid, task_id, key, *, strategy, spec, batch_size, first, mesh,
-                stacked=False):
+                seed_axis=None):
     """One epoch of `strategy.train_step` over a random permutation of the experience.
 
     images uint8 [N_pad, H, W, C], labels int32 [N_pad], tasks int32 [N_pad] (each sample's task id,
     batch['task']), num_valid: the real samples (first ones).
     Returns (state, per-step metrics with a leading [S] axis, S = ⌈N_pad / B⌉; steps whose batch
-    is pure padding are skipped and report zeros). With `stacked`, state, images, labels, tasks,
+    is pure padding are skipped and report zeros). With a `seed_axis`, state, images, labels, tasks,
     num_valid, key and the results have a leading seed axis in front.
     """
     def epoch(state, images, labels, tasks, num_valid, key):
@@ -170,7 +179,7 @@ def train_epoch(state, images, labels, tasks, num_valid, task_id, key, *, strate
 
         return jax.lax.scan(step, state, (idx, mask, jax.random.split(k_steps, idx.shape[0])))
 
-    return over_seeds(epoch, stacked)(state, images, labels, tasks, num_valid, key)
+    return over_seeds(epoch, seed_axis)(state, images, labels, tasks, num_valid, key)
 
 
 def _sum_over_test_set(count, init, images, labels, num_valid, key, *, spec, batch_size, mesh):
@@ -192,37 +201,37 @@ def _sum_over_test_set(count, init, images, labels, num_valid, key, *, spec, bat
     return total
 
 
-@partial(jax.jit, static_argnames=("strategy", "stacked"))
-def eval_context(state, *, strategy, stacked=False):
-    """`strategy.eval_context(state)`, once per evaluation (per seed with `stacked`)."""
-    return over_seeds(strategy.eval_context, stacked)(state)
+@partial(jax.jit, static_argnames=("strategy", "seed_axis"))
+def eval_context(state, *, strategy, seed_axis=None):
+    """`strategy.eval_context(state)`, once per evaluation (per seed with a `seed_axis`)."""
+    return over_seeds(strategy.eval_context, seed_axis)(state)
 
 
-@partial(jax.jit, static_argnames=("strategy", "spec", "batch_size", "mesh", "stacked"))
+@partial(jax.jit, static_argnames=("strategy", "spec", "batch_size", "mesh", "seed_axis"))
 def evaluate(state, context, images, labels, num_valid, task_id, key, *, strategy, spec, batch_size, mesh,
-             stacked=False):
+             seed_axis=None):
     """Test accuracy of task `task_id` on its (padded) test set, in fixed batches of `batch_size`
-    (with `stacked`: of each seed, [S]; every argument but task_id has the seed axis)."""
+    (with a `seed_axis`: of each seed, [S]; every argument but task_id has the seed axis)."""
     def accuracy(state, context, images, labels, num_valid, key):
         count = lambda x, y, mask: masked_correct(strategy.eval_logits(state, context, x, mask, task_id), y, mask)
         correct = _sum_over_test_set(count, jnp.zeros((), jnp.int32), images, labels, num_valid, key, spec=spec,
                                      batch_size=batch_size, mesh=mesh)
         return correct / num_valid
 
-    return over_seeds(accuracy, stacked)(state, context, images, labels, num_valid, key)
+    return over_seeds(accuracy, seed_axis)(state, context, images, labels, num_valid, key)
 
 
 # The accuracies without task ids, in the order `evaluate_without_task_id` returns them.
 WITHOUT_TASK_IDS = ("class_incremental", "task_inference")
 
 
-@partial(jax.jit, static_argnames=("strategy", "spec", "batch_size", "mesh", "stacked"))
+@partial(jax.jit, static_argnames=("strategy", "spec", "batch_size", "mesh", "seed_axis"))
 def evaluate_without_task_id(state, context, images, labels, num_valid, task_id, num_learned, key, *, strategy,
-                             spec, batch_size, mesh, stacked=False):
+                             spec, batch_size, mesh, seed_axis=None):
     """Accuracies on task `task_id`'s test set when each sample's task is inferred by predictive
     entropy among the learned tasks 0..num_learned−1 (`phn_jax.task_inference`): float [2] =
     (class-incremental accuracy, task-inference accuracy), as `WITHOUT_TASK_IDS` names them
-    ([S, 2] with `stacked`)."""
+    ([S, 2] with a `seed_axis`)."""
     def accuracies(state, context, images, labels, num_valid, key):
         def count(x, y, mask):
             logits = strategy.eval_logits_all_tasks(state, context, x, mask)
@@ -232,7 +241,7 @@ def evaluate_without_task_id(state, context, images, labels, num_valid, task_id,
                                      batch_size=batch_size, mesh=mesh)
         return correct / num_valid
 
-    return over_seeds(accuracies, stacked)(state, context, images, labels, num_valid, key)
+    return over_seeds(accuracies, seed_axis)(state, context, images, labels, num_valid, key)
 
 
 def _epoch_row(t: int, epoch: int, step_metrics: dict, seconds: float) -> dict:
@@ -267,6 +276,15 @@ class Setup:
         return bool(self.config.seeds)
 
     @property
+    def seed_axis(self) -> str | None:
+        """How the programs go over the seeds (`SEED_AXES`; None for a single run): train.seed_axis,
+        where 'auto' is vmap on GPUs and TPUs and map on CPUs."""
+        if not self.stacked:
+            return None
+        how = self.config.train.seed_axis
+        return how if how != "auto" else ("map" if self.mesh.devices.flat[0].platform == "cpu" else "vmap")
+
+    @property
     def seeds(self) -> tuple[int, ...]:
         return tuple(c.seed for c in self.configs)
 
@@ -285,7 +303,9 @@ class Setup:
 
     def key(self) -> jax.Array:
         """The run's key `jax.random.key(seed)`; each seed's, stacked [S], for a multi-seed run."""
-        return over_seeds(jax.random.key, self.stacked)(jnp.asarray(self.seeds) if self.stacked else self.config.seed)
+        if self.stacked:
+            return jax.vmap(jax.random.key)(jnp.asarray(self.seeds))
+        return jax.random.key(self.config.seed)
 
     def stack(self, trees: list):
         """The seeds' trees (numpy leaves) as one with a leading seed axis; the only one if not stacked."""
@@ -518,7 +538,7 @@ def train_epochs(s: Setup, state, progress: list[Progress], arrays, spec, k_trai
         with _device_memory("train.batch_size", s.config.train.batch_size, "training"):
             state, step_metrics = train_epoch(
                 state, images, labels, tasks, n_valid, t, fold_in(k_train, epoch), strategy=s.strategy,
-                spec=spec, batch_size=s.config.train.batch_size, first=t == 0, mesh=s.mesh, stacked=s.stacked)
+                spec=spec, batch_size=s.config.train.batch_size, first=t == 0, mesh=s.mesh, seed_axis=s.seed_axis)
             step_metrics = jax.device_get(step_metrics)  # waits for the epoch: its time is real
         seconds = time.perf_counter() - tic
         rows = [_epoch_row(t, epoch, m, seconds) for m in s.unstack(step_metrics)]
@@ -541,11 +561,11 @@ def evaluate_seen(s: Setup, state, progress: list[Progress], tests, k_eval) -> N
 
 def _evaluate_seen(s: Setup, state, progress: list[Progress], tests, k_eval) -> None:
     t = progress[0].experience
-    context = eval_context(state, strategy=s.strategy, stacked=s.stacked)
+    context = eval_context(state, strategy=s.strategy, seed_axis=s.seed_axis)
     for j in range(t + 1):
         x, y, n = tests[j]
         kw = dict(strategy=s.strategy, spec=s.stream.experiences[j].preprocess,
-                  batch_size=s.config.train.eval_batch_size, mesh=s.mesh, stacked=s.stacked)
+                  batch_size=s.config.train.eval_batch_size, mesh=s.mesh, seed_axis=s.seed_axis)
         accuracy = evaluate(state, context, x, y, n, j, fold_in(k_eval, j), **kw)
         for p, a in zip(progress, s.unstack(jax.device_get(accuracy))):
             p.R[t, j] = float(a)
@@ -602,11 +622,11 @@ def run_stream(s: Setup, state, progress: list[Progress], ckpt: Checkpointer, lo
         arrays, spec = _train_arrays(s, t)
         tic = time.perf_counter() - progress[0].elapsed_s
         if progress[0].epoch == 0:  # (a checkpoint inside the experience holds the state after it)
-            state = runtime.replicate(over_seeds(lambda st: s.strategy.begin_experience(st, t), s.stacked)(state),
+            state = runtime.replicate(over_seeds(lambda st: s.strategy.begin_experience(st, t), s.seed_axis)(state),
                                       s.mesh)
         state = train_epochs(s, state, progress, arrays, spec, k_train, ckpt)
         end = lambda st, x, y, tasks, n, k: s.strategy.end_experience(st, t, TrainData(x, y, tasks, n, spec, k))
-        state = over_seeds(end, s.stacked)(state, *arrays, k_end)
+        state = over_seeds(end, s.seed_axis)(state, *arrays, k_end)
         evaluate_seen(s, state, progress, tests, k_eval)
         seconds = time.perf_counter() - tic
         for p in progress:
@@ -673,7 +693,7 @@ def train_and_evaluate(config, workdir: str | Path, *, resume: bool = False):
                                   "--resume (RESUME=1) to continue it, or choose another --workdir")
         config_json = metrics.jsonable(config.to_dict(), default=repr)
         k_init, _ = split_key(s.key())
-        state = runtime.replicate(init_state(k_init, strategy=s.strategy, stacked=s.stacked), s.mesh)
+        state = runtime.replicate(init_state(k_init, strategy=s.strategy, seed_axis=s.seed_axis), s.mesh)
         progress = [Progress.start(s) for _ in s.seeds]
         # before the log is opened: a refused resume (another config) leaves the run directory as it was
         damaged = []

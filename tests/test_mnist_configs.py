@@ -65,13 +65,14 @@ def test_make_targets(target, config, epochs):
     assert "--config.strategy.order=second" in cmd and f"runs/{config}/hn2_second_seed4" in cmd
 
 
-@pytest.mark.slow
+@pytest.mark.system
 @pytest.mark.parametrize("name", ["permuted_mnist", "split_mnist"])
 def test_config_runs_end_to_end_under_mock_data(name, tmp_path):
     """The config through the engine on tfds' mock MNIST, shrunk (nf=8, 1 epoch, 2 permutations)."""
     config = load_config(ROOT / "experiments" / "configs" / f"{name}.py")
     config.model.nf = 8
-    config.train.update(epochs=1, batch_size=16, eval_batch_size=32, progress=False)
+    # batch 8: mock SplitMNIST's smallest experience has 9 training samples
+    config.train.update(epochs=1, batch_size=8, eval_batch_size=32, progress=False)
     if name == "permuted_mnist":
         config.data.num_experiences = 2
     with tfds.testing.mock_data(num_examples=64):

@@ -26,9 +26,10 @@ pytestmark = pytest.mark.system
 SEEDS = (0, 3)
 # case: (overrides, also compare experience 1's step)
 CASES = {
-    "hn": ({"strategy.name": "hn"}, True),
-    "lr": ({"strategy.name": "lr"}, False),
-    "ewc": ({"strategy.name": "ewc"}, False),
+    "hn vmap": ({"strategy.name": "hn", "train.seed_axis": "vmap"}, True),
+    "hn map": ({"strategy.name": "hn", "train.seed_axis": "map"}, False),
+    "lr vmap": ({"strategy.name": "lr", "train.seed_axis": "vmap"}, False),
+    "ewc vmap": ({"strategy.name": "ewc", "train.seed_axis": "vmap"}, False),
 }
 
 
@@ -38,7 +39,7 @@ def _steps(s: train.Setup, state0, first_step: bool):
     state0 on experience 1); steps as host (state, metrics). Each seed's first REAL samples of an
     experience, mixed so both classes are among them."""
     rep = lambda tree: runtime.replicate(tree, s.mesh)
-    key = lambda i: train.over_seeds(jax.random.key, s.stacked)(s.stack([i + seed for seed in s.seeds]))
+    key = lambda i: train.over_seeds(jax.random.key, s.seed_axis)(s.stack([i + seed for seed in s.seeds]))
     arrays = []
     for t in range(2):
         exps = [stream.experiences[t] for stream in s.streams]
@@ -48,23 +49,23 @@ def _steps(s: train.Setup, state0, first_step: bool):
     spec = s.stream.experiences[0].preprocess
 
     def step(state, t):
-        state = train.over_seeds(lambda st: s.strategy.begin_experience(st, t), s.stacked)(rep(state))
+        state = train.over_seeds(lambda st: s.strategy.begin_experience(st, t), s.seed_axis)(rep(state))
         state, m = train.train_epoch(state, *arrays[t], t, key(10 + t), strategy=s.strategy, spec=spec,
                                      batch_size=s.config.train.batch_size, first=t == 0, mesh=s.mesh,
-                                     stacked=s.stacked)
+                                     seed_axis=s.seed_axis)
         return jax.device_get((state, m))
 
     step1 = step(state0, 0) if first_step else None
     end = lambda st, x, y, tasks, n, k: s.strategy.end_experience(st, 0, TrainData(x, y, tasks, n, spec, k))
-    after1 = jax.device_get(train.over_seeds(end, s.stacked)(rep(state0), *arrays[0], key(20)))
+    after1 = jax.device_get(train.over_seeds(end, s.seed_axis)(rep(state0), *arrays[0], key(20)))
     step2 = step(after1, 1)
     exps = [stream.experiences[0] for stream in s.streams]
     x, y = rep(s.stack([(e.test_images, e.test_labels) for e in exps]))
     n = s.stack([e.test_labels.shape[0] for e in exps])
     state = rep(state0)
-    context = train.eval_context(state, strategy=s.strategy, stacked=s.stacked)
+    context = train.eval_context(state, strategy=s.strategy, seed_axis=s.seed_axis)
     acc = train.evaluate(state, context, x, y, n, 0, key(30), strategy=s.strategy, spec=spec,
-                         batch_size=s.config.train.eval_batch_size, mesh=s.mesh, stacked=s.stacked)
+                         batch_size=s.config.train.eval_batch_size, mesh=s.mesh, seed_axis=s.seed_axis)
     return step1, after1, step2, jax.device_get(acc)
 
 
@@ -72,11 +73,10 @@ def _steps(s: train.Setup, state0, first_step: bool):
 def test_each_seed_equals_that_seed_alone(case):
     overrides = {**STREAM, **CASES[case][0]}
     group = train.setup(tiny_config(**overrides, seeds=SEEDS))
-    assert group.stacked and group.seeds == SEEDS
+    assert group.stacked and group.seeds == SEEDS and group.seed_axis == overrides["train.seed_axis"]
     # each seed's stream is its own (the synthetic stream's seed draws its prototypes)
     assert not np.array_equal(group.streams[0].experiences[0].train_images, group.streams[1].experiences[0].train_images)
-    state0 = jax.device_get(train.init_state(jax.vmap(jax.random.key)(np.array(SEEDS)), strategy=group.strategy,
-                                             stacked=True))
+    state0 = jax.device_get(train.init_state(group.key(), strategy=group.strategy, seed_axis="vmap"))
     together = _steps(group, state0, CASES[case][1])
     for i, seed in enumerate(SEEDS):
         alone_setup = train.setup(tiny_config(**overrides, seed=seed))
@@ -98,7 +98,7 @@ def test_each_seed_equals_that_seed_alone(case):
         # end_experience (EWC's Fisher, LR's buffer) and test accuracy of the seed's own state
         jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6), alone[1], mine[1])
         assert float(mine[3]) == float(alone[3]) > 0
-        if case == "hn":
+        if case.startswith("hn"):
             assert mine[2][1]["reg"][0] > 0  # experience 2 is regularised towards experience 1
 
 

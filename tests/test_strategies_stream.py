@@ -94,7 +94,7 @@ def test_latent_replay_keeps_its_trunk_frozen_and_every_class(runs):
 
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_latent_replay_from_the_command_line_on_split_digits(tmp_path):
     """`python -m phn_jax.main` with LR-2 on Split-Digits, one epoch per experience (about a minute)."""
     cmd = [sys.executable, "-m", "phn_jax.main", "--config", str(ROOT / "experiments/configs/split_digits.py"),

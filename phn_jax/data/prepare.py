@@ -54,7 +54,8 @@ def prepare(name: str, data_dir: str | None = None, manual_dir: str | None = Non
             f"extracted contents), copied by hand into the manual directory {manual_dir}, which is "
             f"empty or missing. Then run: make data DATASET={name} MANUAL_DIR=<that directory>"
         )
-    builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
+    with tfds_io.contained_tempdirs():
+        builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
     try:
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
     except FileNotFoundError as error:

@@ -11,9 +11,11 @@ which names the dataset, the directory searched and the command that prepares it
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import tempfile
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -139,6 +141,19 @@ def _not_found(name: str, data_dir: str) -> DatasetNotFoundError:
     )
 
 
+@contextlib.contextmanager
+def contained_tempdirs():
+    """Temporary directories made inside one that is removed on exit. tfds leaves an empty
+    `tmp*tfds` directory in the system temp dir for each builder of a dataset not yet prepared
+    (`DatasetInfo.initialize_from_bucket`); building one inside this leaves nothing behind."""
+    with tempfile.TemporaryDirectory(prefix="phn_jax-tfds-") as directory:
+        outer, tempfile.tempdir = tempfile.tempdir, directory
+        try:
+            yield
+        finally:
+            tempfile.tempdir = outer
+
+
 def open_split(name: str, split: str, data_dir: str | os.PathLike | None):
     """`tfds.data_source(name, split)` read from `data_dir` without downloading anything.
 
@@ -148,7 +163,8 @@ def open_split(name: str, split: str, data_dir: str | os.PathLike | None):
     dataset_spec(name)
     directory = resolve_data_dir(data_dir)
     try:
-        return tfds.data_source(name, split=split, data_dir=directory, download=False)
+        with contained_tempdirs():
+            return tfds.data_source(name, split=split, data_dir=directory, download=False)
     except (NotImplementedError, AssertionError, FileNotFoundError, tfds.core.DatasetNotFoundError):
         # tfds reports a missing dataset as "random access ... not supported for TFRECORD".
         if "array_record" in prepared_formats(name, directory).values():

@@ -1,0 +1,32 @@
+"""The bench's bookkeeping (`phn_jax.bench`), on constructed timings: its ratios and table are
+computed from the same run's figures. (The bench itself is `make bench`, never a timed test.)"""
+import pytest
+
+from phn_jax import bench
+
+
+def _t(name, ms, seeds=1):
+    return bench.Timing(name, seeds, ms, ms, ms, 1e3 * bench.BATCH * seeds / ms, None, None, 1.0, 0.5)
+
+
+def test_ratios_and_table():
+    timings = [_t("HN-0 first", 100.0), _t("HN-0 second", 180.0), _t("HN-3 first, 1 seed", 50.0),
+               _t("HN-3 first, 3 seeds map", 150.0, 3), _t("HN-3 first, 3 seeds vmap", 75.0, 3)]
+    r = bench.ratios(timings)
+    assert r["HN-0 second / first order (time)"] == pytest.approx(1.8)
+    assert r["HN-3 first: 3 seeds (map) / 1 seed (images/s)"] == pytest.approx(1.0)
+    assert r["HN-3 first: 3 seeds (vmap) / 1 seed (images/s)"] == pytest.approx(2.0)
+    assert len(r) == 3
+    md = bench.markdown(timings, r, {"platform": "cpu", "device": "cpu", "cpu": "x86_64", "jax": "0"})
+    assert "| HN-0 second | 1 | 180.0 (180.0–180.0) | 356 | n/a | n/a | 1.0 / 0.5 |" in md
+    assert "| HN-0 second / first order (time) | 1.80 |" in md
+
+
+def test_cases_cover_every_depth_and_order():
+    names = [name for name, _, _ in bench.cases(bench.PARTS)]
+    for k in range(5):
+        for order in ("none", "first", "second"):
+            assert f"HN-{k} {order}" in names
+    assert {"Naive", "EWC", "LR-3", "HN-3 experience 1, 8 seeds vmap"} <= set(names)
+    with pytest.raises(SystemExit):
+        bench.main(["--parts", "nothing"])
