@@ -146,12 +146,12 @@ def time_eval(name: str, config, repeats: int) -> Timing:
                   seed_axis=s.seed_axis)
     key = s.key()
     x, y, n = tests[0]
-    compiled, cold, warm = _compile(train.evaluate, (state, train.eval_context(state, strategy=s.strategy), x, y, n, 0,
+    compiled, cold, warm = _compile(train.evaluate, (state, train.eval_context(state, strategy=s.strategy, seed_axis=None), x, y, n, 0,
                                                      key), kwargs)
     times = []
     for _ in range(repeats + 1):
         tic = time.perf_counter()
-        context = train.eval_context(state, strategy=s.strategy)
+        context = train.eval_context(state, strategy=s.strategy, seed_axis=None)
         accs = [compiled(state, context, x, y, n, j, key) for j, (x, y, n) in enumerate(tests)]
         jax.block_until_ready(accs)
         times.append(time.perf_counter() - tic)

@@ -32,6 +32,7 @@ def base_config(stream: str) -> ml_collections.ConfigDict:
         nf=20,             # slim ResNet-18: 20/40/80/160 channels
         num_classes=10,    # outputs of each task head (the reference scripts use 10)
         norm="reference",  # 'reference' (batch stats frozen / per-sample generated) | 'batchnorm'
+        blocks_per_stage=(2, 2, 2, 2),  # BasicBlocks of the four stages: ResNet-18 (smoke checks: (1,1,1,1))
     ))
     c.hnet = ml_collections.ConfigDict(dict(
         kind="heads",             # heads: per-tensor heads (the paper's) | chunked: von Oswald et al.'s chunks
@@ -51,6 +52,7 @@ def base_config(stream: str) -> ml_collections.ConfigDict:
         combine="sum",              # sum (reference code) | mean (the paper's Eq. 10)
         lookahead_step="sgd",       # sgd (reference code) | optimizer (von Oswald et al.)
         reg_subset=0,               # regularise a random subset of n previous tasks (0: all)
+        reg_reduce="mean",          # L_H over the regularised tasks: mean (reference code) | sum (paper's Eq. 7)
         train_old_embeddings=True,  # reference: old task embeddings stay trainable
         copy_embedding=True,        # new task embedding initialised from the previous one
         ewc_lambda=1.0,             # ewc: λ of the penalty λ Σ_t Σ_i F_t,i (θ_i − θ*_t,i)² (Avalanche 'separate')
@@ -132,6 +134,12 @@ def _seeds():
     return ok, "distinct integers ≥ 0, e.g. --config.seeds=0,1,2"
 
 
+def _blocks():
+    ok = lambda v: (isinstance(v, tuple) and len(v) == 4
+                    and all(isinstance(b, numbers.Integral) and not isinstance(b, bool) and b >= 1 for b in v))
+    return ok, "four integers ≥ 1"
+
+
 def _number(low, strict):
     ok = lambda v: (isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
                     and (v > low if strict else v >= low))
@@ -147,6 +155,8 @@ RULES = (
     ("strategy.combine", _one_of(lookahead.COMBINES), "sum (reference code) or mean (the paper's Eq. 10)"),
     ("strategy.lookahead_step", _one_of(lookahead.LOOKAHEAD_STEPS), "the virtual step: sgd (reference code) or "
      "optimizer (von Oswald et al.)"),
+    ("strategy.reg_reduce", _one_of(lookahead.REG_REDUCES), "the regulariser over previous tasks: mean (reference "
+     "code) or sum (the paper's Eq. 7)"),
     ("model.norm", _one_of(models.NORM_MODES), "reference: the reference code's normalisation"),
     ("hnet.kind", _one_of(hypernetwork.HNET_KINDS), "heads: the paper's per-tensor heads; chunked: von Oswald et al."),
     ("strategy.freeze_depth", _integer(0, 4), "k frozen residual stages: 0 generates the whole network (HN-F), "
@@ -160,6 +170,7 @@ RULES = (
     ("strategy.beta", _number(0, strict=False), "β of the output regulariser (the paper: 0.5; 0 turns it off)"),
     ("model.nf", _integer(1), "the slim ResNet's width (the paper: 20)"),
     ("model.num_classes", _integer(1), "outputs of each task head"),
+    ("model.blocks_per_stage", _blocks(), "the BasicBlocks of each of the four stages (the paper: 2,2,2,2)"),
     ("checkpoint.max_to_keep", _integer(1), "checkpoints kept; a run needs at least its latest to resume"),
     ("checkpoint.every_minutes", _number(0, strict=True), "minutes between checkpoints inside an experience"),
     ("seed", _integer(0), "the run's seed"),

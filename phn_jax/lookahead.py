@@ -3,6 +3,9 @@ von Oswald et al. 2020).
 
     L_H(ψ) = (1/|S|) Σ_{j∈S} ‖T_j − H_ψ(j)‖²₂          T_j = H_ψ*(j), ψ* the snapshot before the experience
 
+(reduce='mean', the reference code's average over the regularised tasks S; reduce='sum' drops
+the 1/|S|, the paper's Eq. 7: Σ_{j<t} ‖T_j − H_ψ(j)‖²₂, which grows with the number of tasks.)
+
 Look-ahead with the cross-entropy L_CE of the current batch:
 
     g1 = ∇ψ L_CE(ψ)                                   (Eq. 8)
@@ -30,6 +33,7 @@ import optax
 ORDERS = ("none", "first", "second")
 COMBINES = ("sum", "mean")
 LOOKAHEAD_STEPS = ("sgd", "optimizer")
+REG_REDUCES = ("mean", "sum")
 
 
 def output_regularizer(omega_all, targets, weights: jax.Array) -> jax.Array:
@@ -43,8 +47,10 @@ def output_regularizer(omega_all, targets, weights: jax.Array) -> jax.Array:
     return jnp.sum(weights * sq)
 
 
-def regularized_task_weights(key: jax.Array, task_id: jax.Array, num_tasks: int, subset: int = 0) -> jax.Array:
-    """[num_tasks] weights 1/|S| on S ⊆ {j < task_id}, 0 elsewhere.
+def regularized_task_weights(key: jax.Array, task_id: jax.Array, num_tasks: int, subset: int = 0,
+                             reduce: str = "mean") -> jax.Array:
+    """[num_tasks] weights on S ⊆ {j < task_id}, 0 elsewhere: 1/|S| (reduce='mean', the reference
+    code) or 1 (reduce='sum', the paper's Eq. 7).
 
     subset = 0: S is every previous task; subset = n > 0: a uniformly random subset of
     min(n, task_id) previous tasks (the reference code's `hnet_reg_ntasks`), drawn with `key`.
@@ -54,7 +60,9 @@ def regularized_task_weights(key: jax.Array, task_id: jax.Array, num_tasks: int,
         scores = jnp.where(prev, jax.random.uniform(key, (num_tasks,)), jnp.inf)
         rank = jnp.argsort(jnp.argsort(scores))
         prev = prev & (rank < subset)
-    return prev / jnp.maximum(prev.sum(), 1)
+    if reduce not in REG_REDUCES:
+        raise ValueError(f"reduce must be one of {REG_REDUCES}, got {reduce!r}")
+    return prev / jnp.maximum(prev.sum(), 1) if reduce == "mean" else prev.astype(jnp.float32)
 
 
 def tree_cosine(a, b) -> jax.Array:

@@ -145,7 +145,7 @@ def fold_in(key, i: int) -> jax.Array:
 
 
 @partial(jax.jit, static_argnames=("strategy", "seed_axis"))
-def init_state(key, *, strategy, seed_axis=None):
+def init_state(key, *, strategy, seed_axis):
     """`strategy.init(key)` compiled once (eagerly, each parameter's initialiser compiles on its own);
     with a seed axis, one state per key of key [S], stacked."""
     return over_seeds(strategy.init, seed_axis)(key)
@@ -153,7 +153,7 @@ def init_state(key, *, strategy, seed_axis=None):
 
 @partial(jax.jit, static_argnames=("strategy", "spec", "batch_size", "first", "mesh", "seed_axis"), donate_argnums=(0,))
 def train_epoch(state, images, labels, tasks, num_valid, task_id, key, *, strategy, spec, batch_size, first, mesh,
-                seed_axis=None):
+                seed_axis):
     """One epoch of `strategy.train_step` over a random permutation of the experience.
 
     images uint8 [N_pad, H, W, C], labels int32 [N_pad], tasks int32 [N_pad] (each sample's task id,
@@ -202,14 +202,14 @@ def _sum_over_test_set(count, init, images, labels, num_valid, key, *, spec, bat
 
 
 @partial(jax.jit, static_argnames=("strategy", "seed_axis"))
-def eval_context(state, *, strategy, seed_axis=None):
+def eval_context(state, *, strategy, seed_axis):
     """`strategy.eval_context(state)`, once per evaluation (per seed with a `seed_axis`)."""
     return over_seeds(strategy.eval_context, seed_axis)(state)
 
 
 @partial(jax.jit, static_argnames=("strategy", "spec", "batch_size", "mesh", "seed_axis"))
 def evaluate(state, context, images, labels, num_valid, task_id, key, *, strategy, spec, batch_size, mesh,
-             seed_axis=None):
+             seed_axis):
     """Test accuracy of task `task_id` on its (padded) test set, in fixed batches of `batch_size`
     (with a `seed_axis`: of each seed, [S]; every argument but task_id has the seed axis)."""
     def accuracy(state, context, images, labels, num_valid, key):
@@ -227,7 +227,7 @@ WITHOUT_TASK_IDS = ("class_incremental", "task_inference")
 
 @partial(jax.jit, static_argnames=("strategy", "spec", "batch_size", "mesh", "seed_axis"))
 def evaluate_without_task_id(state, context, images, labels, num_valid, task_id, num_learned, key, *, strategy,
-                             spec, batch_size, mesh, seed_axis=None):
+                             spec, batch_size, mesh, seed_axis):
     """Accuracies on task `task_id`'s test set when each sample's task is inferred by predictive
     entropy among the learned tasks 0..num_learned−1 (`phn_jax.task_inference`): float [2] =
     (class-incremental accuracy, task-inference accuracy), as `WITHOUT_TASK_IDS` names them

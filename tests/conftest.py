@@ -14,3 +14,18 @@ LONGEST_FIRST = ("test_strategies_stream.py", "test_train.py")
 def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
+import tempfile  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _temporary_files_inside_one_directory():
+    """Every temporary file or directory a test (or a library it calls: tfds leaves empty
+    `tmp*tfds` directories) makes goes into one directory, removed when the session ends."""
+    with tempfile.TemporaryDirectory(prefix="phn_jax-tests-") as directory:
+        outer, tempfile.tempdir = tempfile.tempdir, directory
+        yield
+        tempfile.tempdir = outer

@@ -23,7 +23,7 @@ def quick_state(hn: HN, key):
 
 
 def test_chunked_hypernetwork_trains_through_the_lookahead():
-    model = PartialHypernetwork.create(models.ResNetConfig(num_classes=2, nf=4), 3, num_tasks=2, kind="chunked",
+    model = PartialHypernetwork.create(models.ResNetConfig(num_classes=2, nf=4, blocks_per_stage=(1, 1, 1, 1)), 3, num_tasks=2, kind="chunked",
                                        embedding_dim=8, hidden_dims=(16, 8), chunk_dim=512, chunk_embedding_dim=4)
     hn = HN(model, lr=1e-2, order="first")
     kx, ky, kinit = jax.random.split(jax.random.key(0), 3)
@@ -70,7 +70,8 @@ def test_memory_reports_the_latent_replay_buffer_of_the_same_depth(k, feature_sh
 
 
 def test_hn_logits_of_every_task_equal_its_one_task_evaluation():
-    model = PartialHypernetwork.create(models.ResNetConfig(num_classes=3, nf=4), 3, num_tasks=3)
+    model = PartialHypernetwork.create(models.ResNetConfig(num_classes=3, nf=4, blocks_per_stage=(1, 1, 1, 1)), 3,
+                                       num_tasks=3)
     hn = HN(model)
     assert supports_task_inference(hn) and not supports_task_inference(object())
     state = quick_state(hn, jax.random.key(0))

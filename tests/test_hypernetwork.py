@@ -71,7 +71,7 @@ class VmapTest(chex.TestCase):
 
 @pytest.mark.parametrize("k", [0, 2, 4])
 def test_gradients_reach_used_hnet_params_and_not_frozen(k):
-    model = PartialHypernetwork.create(models.ResNetConfig(num_classes=5), k, num_tasks=3)
+    model = PartialHypernetwork.create(models.ResNetConfig(num_classes=5, blocks_per_stage=(1, 1, 1, 1)), k, num_tasks=3)
     phi, psi = model.init(jax.random.key(0))
     # 16x16: stage 4 keeps 2x2 pixels (instance norm over a single pixel would output β alone)
     x = jax.random.normal(jax.random.key(1), (6, 16, 16, 3))

@@ -412,6 +412,21 @@ def test_regularized_task_weights():
         np.testing.assert_array_equal(la.regularized_task_weights(jax.random.key(0), 0, 5, subset), np.zeros(5))
 
 
+def test_regulariser_summed_over_tasks_is_the_mean_times_their_number():
+    """reduce='sum' (the paper's Eq. 7) weighs each regularised task 1, 'mean' (reference code) 1/|S|."""
+    np.testing.assert_array_equal(la.regularized_task_weights(jax.random.key(0), 3, 5, reduce="sum"), [1, 1, 1, 0, 0])
+    w = la.regularized_task_weights(jax.random.key(4), 4, 5, subset=2, reduce="sum")
+    assert sorted(np.asarray(w).tolist()) == [0, 0, 0, 1, 1]
+    rng = np.random.default_rng(0)
+    targets, omega = ({"w": rng.normal(size=(5, 3, 2)).astype(np.float32)} for _ in range(2))
+    by_hand = sum(np.sum((targets["w"][j] - omega["w"][j]) ** 2) for j in range(3))  # tasks 0, 1, 2 before task 3
+    total = la.output_regularizer(omega, targets, la.regularized_task_weights(jax.random.key(0), 3, 5, reduce="sum"))
+    mean = la.output_regularizer(omega, targets, la.regularized_task_weights(jax.random.key(0), 3, 5))
+    assert float(total) == pytest.approx(by_hand, rel=1e-5) and float(mean) == pytest.approx(by_hand / 3, rel=1e-5)
+    with pytest.raises(ValueError, match="reduce must be one of"):
+        la.regularized_task_weights(jax.random.key(0), 3, 5, reduce="max")
+
+
 def test_output_regularizer_equals_numpy():
     rng = np.random.default_rng(0)
     shapes = {"a": (4, 3, 2), "b": {"c": (4, 5), "d": (4, 2, 2, 3)}}
@@ -431,7 +446,8 @@ def test_output_regularizer_equals_numpy():
 # ----------------------------------------------------------------------------------------------
 # Part 2: HN's targets, computed once per experience, against a frozen copy at every step
 
-HN_MODEL = PartialHypernetwork.create(models.ResNetConfig(nf=4, num_classes=3), 3, num_tasks=3)
+HN_MODEL = PartialHypernetwork.create(models.ResNetConfig(nf=4, num_classes=3, blocks_per_stage=(1, 1, 1, 1)), 3,
+                                      num_tasks=3)
 HN_STRATEGY = HN(HN_MODEL, lr=1e-3, beta=0.5, order="first")
 HN_TASK = 1
 _hn_step = jax.jit(lambda s, b, k: HN_STRATEGY.train_step(s, b, k, HN_TASK, False))

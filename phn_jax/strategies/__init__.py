@@ -27,7 +27,8 @@ def create_strategy(config, stream):
         raise ValueError(f"model.num_classes={config.model.num_classes} is smaller than the stream's "
                          f"{stream.classes_per_experience} classes per experience")
     resnet = models.ResNetConfig(num_classes=config.model.num_classes, nf=config.model.nf,
-                                 in_channels=stream.image_shape[-1])
+                                 in_channels=stream.image_shape[-1],
+                                 blocks_per_stage=tuple(config.model.get("blocks_per_stage", (2, 2, 2, 2))))
     s = config.strategy
     if name != "hn":
         common = dict(model=MultiHeadResNet(resnet, stream.num_experiences, norm=config.model.norm),
@@ -43,6 +44,6 @@ def create_strategy(config, stream):
         resnet, s.freeze_depth, num_tasks=stream.num_experiences, norm=config.model.norm,
         **config.hnet.to_dict())
     return HN(model, lr=config.optim.lr, eps_root=config.optim.eps_root, beta=s.beta, order=s.order,
-              combine=s.combine, lookahead_step=s.lookahead_step, reg_subset=s.reg_subset,
+              combine=s.combine, lookahead_step=s.lookahead_step, reg_subset=s.reg_subset, reg_reduce=s.reg_reduce,
               train_old_embeddings=s.train_old_embeddings, copy_embedding=s.copy_embedding,
               input_shape=tuple(stream.image_shape), buffer_size=s.get("buffer_size", 200))

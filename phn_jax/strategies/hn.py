@@ -32,6 +32,7 @@ class HN:
     beta: β of the output regulariser (0.5 in the paper). order: 'none' | 'first' | 'second'.
     combine: 'sum' (reference code) | 'mean' (Eq. 10). lookahead_step: 'sgd' | 'optimizer'.
     reg_subset: regularise a random subset of this many previous tasks per step (0: all).
+    reg_reduce: 'mean' over the regularised tasks (reference code) | 'sum' (the paper's Eq. 7).
     train_old_embeddings: old task embeddings stay trainable (reference) or are held fixed.
     copy_embedding: initialise the new task's embedding from the previous one (reference).
     input_shape: (H, W, C) of the model input; with it `memory` also reports the replay buffer a
@@ -47,6 +48,7 @@ class HN:
     combine: str = "sum"
     lookahead_step: str = "sgd"
     reg_subset: int = 0
+    reg_reduce: str = "mean"
     train_old_embeddings: bool = True
     copy_embedding: bool = True
     input_shape: tuple[int, int, int] | None = None
@@ -57,6 +59,8 @@ class HN:
             raise ValueError(f"order must be one of {lookahead.ORDERS}, got {self.order!r}")
         if self.combine not in lookahead.COMBINES:
             raise ValueError(f"combine must be one of {lookahead.COMBINES}, got {self.combine!r}")
+        if self.reg_reduce not in lookahead.REG_REDUCES:
+            raise ValueError(f"reg_reduce must be one of {lookahead.REG_REDUCES}, got {self.reg_reduce!r}")
         if self.lookahead_step not in lookahead.LOOKAHEAD_STEPS:
             raise ValueError(f"lookahead_step must be one of {lookahead.LOOKAHEAD_STEPS}, got {self.lookahead_step!r}")
         if self.order == "second" and self.lookahead_step == "optimizer" and self.eps_root <= 0:
@@ -113,7 +117,8 @@ class HN:
             reg = cos = jnp.zeros(())
             g = {"phi": g_phi, "psi": g_psi}
         else:
-            weights = lookahead.regularized_task_weights(key, task_id, self.num_tasks, self.reg_subset)
+            weights = lookahead.regularized_task_weights(key, task_id, self.num_tasks, self.reg_subset,
+                                                         self.reg_reduce)
             virtual = (lookahead.sgd_step(self.lr) if self.lookahead_step == "sgd"
                        else lookahead.optimizer_step(self.optimizer, state["opt"]["psi"]))
             res = lookahead.lookahead_gradient(
