@@ -87,11 +87,14 @@ permuted-mnist: $(STAMP) ## PermutedMNIST-10 (von Oswald et al.), chunked hypern
 split-mnist: $(STAMP) ## SplitMNIST 5x2 (von Oswald et al.), chunked hypernetwork: same variables (FREEZE=0, EPOCHS=21)
 	$(call run,experiments/configs/split_mnist.py,$(RUNS)/split_mnist/$(NAME))
 
-ABLATION_RUNS = $(foreach k,0 1 2 3 4,$(foreach o,first second,$(RUNS)/cifar100/hn$(k)_$(o)_seed$(SEED)))
-ablation-order: $(STAMP) ## Table 5: first- vs second-order look-ahead for k=0..4 on Split-CIFAR100, then the table
+ablation-order: $(STAMP) ## Table 5: first- vs second-order look-ahead for k=0..4 on Split-CIFAR100, then the report of runs/cifar100
 	@for k in 0 1 2 3 4; do for o in first second; do \
 	  $(MAKE) --no-print-directory cifar100 STRATEGY=hn FREEZE=$$k ORDER=$$o RESUME=1 || exit 1; done; done
-	$(PY) experiments/table.py $(ABLATION_RUNS)
+	$(PY) -m phn_jax.paper $(RUNS)/cifar100
+
+.PHONY: report
+report: $(STAMP) ## the paper's Tables 1, 2, 4, 5, 6 from every run under RUNS (seeds aggregated), the paper's numbers beside ours: RUNS/report.md
+	$(PY) -m phn_jax.paper $(RUNS)
 
 .PHONY: bench
 bench: $(STAMP) ## time every step (HN-k x order, experience 1, baselines), seeds (1/3/8, vmap and map) and evaluation on CIFAR shapes: runs/bench/bench.{json,md}; PARTS=steps,seeds,eval STEPS=20
