@@ -12,6 +12,7 @@ Layout of ``workdir`` (file names are the module constants below)::
     accuracy_matrix.png      heatmap of R
     accuracy_over_stream.png accuracy of each experience j over the stream (i >= j)
     log.txt                  appended log of the run
+    events.out.tfevents.*    TensorBoard scalars (phn_jax.train.Events)
 
 A multi-seed run (``config.seeds``) writes the above for each seed in that seed's directory, and
 in its own workdir the checkpoints, the log, and the aggregate over seeds: ``aggregate.json``
@@ -370,6 +371,15 @@ def run_log(workdir: str | os.PathLike, **kwargs: Any) -> Iterator[logging.Logge
 # --------------------------------------------------------------------------------------------
 # Other run files
 # --------------------------------------------------------------------------------------------
+
+
+def event_writer(workdir: str | os.PathLike, purge_step: int | None = None):
+    """A TensorBoard event file writer in ``workdir`` (tensorboardX: no TensorFlow needed). With
+    ``purge_step``, TensorBoard drops the events of earlier files at and after that step (a resumed
+    run writes them again)."""
+    from tensorboardX import SummaryWriter  # imported here: only runs write events
+
+    return SummaryWriter(str(workdir), purge_step=purge_step, flush_secs=60)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:

@@ -459,17 +459,51 @@ def _memory(s: Setup, state) -> dict:
     return s.strategy.memory(s.unstack(state)[0])
 
 
+class Events:
+    """TensorBoard event files in each seed's results directory (process 0; tensorboardX, no
+    TensorFlow; `tensorboard --logdir runs/`). Step = epochs completed over the run (the checkpoint
+    step). Per epoch: train/loss, train/ce, train/reg, train/cos_g1_g2, train/accuracy; per
+    experience: test/accuracy/experience_<j> for every experience seen and test/aca. A resumed run
+    purges the events after its checkpoint's step (`purge_step`), which it writes again."""
+
+    TRAIN = ("loss", "ce", "reg", "cos_g1_g2", "train_accuracy")
+
+    def __init__(self, dirs: "RunDirs", purge_step: int | None, enabled: bool):
+        self.writers = [report.event_writer(d, purge_step) for d in dirs.results] if enabled else []
+
+    def epoch(self, rows: list[dict], step: int) -> None:
+        for w, row in zip(self.writers, rows):
+            for k in self.TRAIN:
+                w.add_scalar("train/" + k.removeprefix("train_"), row[k], step)
+
+    def experience(self, progress: list[Progress], summaries: list[dict], step: int) -> None:
+        for w, p, summary in zip(self.writers, progress, summaries):
+            t = p.experience - 1
+            for j in range(t + 1):
+                w.add_scalar(f"test/accuracy/experience_{j}", p.R[t, j], step)
+            w.add_scalar("test/aca", summary["aca"], step)
+
+    def flush(self) -> None:
+        for w in self.writers:
+            w.flush()
+
+    def close(self) -> None:
+        for w in self.writers:
+            w.close()
+
+
 class Checkpointer:
     """Checkpoints of one run, the stop requests, and the results files that follow each.
 
     `safe_point` (between epochs) writes a checkpoint when `every_minutes` have passed since the
     last one or a stop was requested (any process: SIGTERM/SIGINT), then raises
     `rundir.Interrupted` on a stop. `end_of_experience` always writes one, then (process 0) the
-    metrics, plots and history: results are never on disk before the checkpoint that holds them.
+    metrics, plots, history and events: results are never on disk before the checkpoint that holds them.
     """
 
-    def __init__(self, s: Setup, dirs: RunDirs, mngr, stop: rundir.StopRequests, config_json: dict):
+    def __init__(self, s: Setup, dirs: RunDirs, mngr, stop: rundir.StopRequests, config_json: dict, events: Events):
         self.s, self.dirs, self.mngr, self.stop, self.config_json = s, dirs, mngr, stop, config_json
+        self.events = events
         self.every_s = 60.0 * s.config.checkpoint.get("every_minutes", 5.0)
         self.last = time.monotonic()
 
@@ -480,6 +514,7 @@ class Checkpointer:
     def save(self, state, progress: list[Progress]) -> None:
         checkpoint.save(self.mngr, progress[0].step(self.s.epochs), state,
                         {"config": self.config_json, "progress": _progress_json(self.s, progress)})
+        self.events.flush()
         self.last = time.monotonic()
 
     def _stop_if_asked(self, stop: bool, where: str) -> None:
@@ -496,7 +531,9 @@ class Checkpointer:
     def end_of_experience(self, state, progress: list[Progress]) -> None:
         self.save(state, progress)
         if runtime.is_main_process():
-            write_results(self.s, self.dirs, progress, _memory(self.s, state))
+            summaries = write_results(self.s, self.dirs, progress, _memory(self.s, state))
+            self.events.experience(progress, summaries, progress[0].step(self.s.epochs))
+            self.events.flush()
         stop, _ = runtime.agree(self.stop.signal_name is not None, False)
         if progress[0].experience < self.s.num_experiences:
             self._stop_if_asked(stop, f"after experience {progress[0].experience}")
@@ -546,6 +583,7 @@ def train_epochs(s: Setup, state, progress: list[Progress], arrays, spec, k_trai
         for p, row in zip(progress, rows):
             p.history.append(row)
             p.epoch, p.elapsed_s = epoch + 1, p.elapsed_s + seconds
+        ckpt.events.epoch(rows, progress[0].step(s.epochs))
         bar.set_postfix(loss=f"{np.mean([r['loss'] for r in rows]):.3f}",
                         acc=f"{np.mean([r['train_accuracy'] for r in rows]):.3f}")
         if epoch + 1 < s.epochs:  # after the last epoch, the experience's own checkpoint follows
@@ -717,12 +755,17 @@ def train_and_evaluate(config, workdir: str | Path, *, resume: bool = False):
                     log.info("resumed from the checkpoint after experience %d/%d", at.experience, s.num_experiences)
             elif resume:
                 log.info("no checkpoint in %s: starting from the first experience", dirs.workdir)
-            if main:
-                _write_run_files(s, dirs, topology)
-                if progress[0].times:  # a kill between a checkpoint and its results files: write them again
-                    write_results(s, dirs, progress, _memory(s, state))
-            log.info("stream %s: %d experiences of %d classes; strategy %s, freeze depth %d, |psi| = %d",
-                     s.stream.name, s.num_experiences, s.stream.classes_per_experience, config.strategy.name,
-                     config.strategy.freeze_depth, _memory(s, state).get("hypernetwork_params", 0))
-            summaries = run_stream(s, state, progress, Checkpointer(s, dirs, mngr, stop, config_json), log)
+            # events up to the checkpoint's step are on disk (flushed with it); later ones are written again
+            events = Events(dirs, progress[0].step(s.epochs) + 1 if restored is not None else None, enabled=main)
+            with contextlib.closing(events):
+                if main:
+                    _write_run_files(s, dirs, topology)
+                    if progress[0].times:  # a kill between a checkpoint and its results files: write them again
+                        summaries = write_results(s, dirs, progress, _memory(s, state))
+                        if progress[0].epoch == 0:  # (may repeat the same values at the same step)
+                            events.experience(progress, summaries, progress[0].step(s.epochs))
+                log.info("stream %s: %d experiences of %d classes; strategy %s, freeze depth %d, |psi| = %d",
+                         s.stream.name, s.num_experiences, s.stream.classes_per_experience, config.strategy.name,
+                         config.strategy.freeze_depth, _memory(s, state).get("hypernetwork_params", 0))
+                summaries = run_stream(s, state, progress, Checkpointer(s, dirs, mngr, stop, config_json, events), log)
             return summaries if s.stacked else summaries[0]

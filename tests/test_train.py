@@ -120,6 +120,42 @@ def test_evaluation_without_task_ids_and_memory_comparison(hn_run):
     assert summary["memory"]["replay_buffer_mb"] == 200 * 8 * 8 * 8 * 4 / 2**20
 
 
+def _scalars(workdir) -> dict:
+    """{tag: {step: value}} of a run directory's TensorBoard event files, read as TensorBoard reads
+    them (TFRecord framing, tensorboardX's Event protocol buffers; no TensorFlow): files in order, and
+    a file's START session log at step n drops the earlier files' events at steps ≥ n."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+    out = {}
+    for path in sorted(Path(workdir).glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime_ns):
+        data, i = path.read_bytes(), 0
+        while i < len(data):
+            (n,) = struct.unpack("<Q", data[i:i + 8])
+            event = event_pb2.Event.FromString(data[i + 12:i + 12 + n])
+            i += 12 + n + 4
+            if event.HasField("session_log") and event.session_log.status == event_pb2.SessionLog.START:
+                out = {tag: {k: v for k, v in steps.items() if k < event.step} for tag, steps in out.items()}
+            for value in event.summary.value:
+                out.setdefault(value.tag, {})[event.step] = value.simple_value
+    return out
+
+
+def test_tensorboard_events_hold_the_history_and_the_accuracies(hn_run):
+    workdir, summary = hn_run
+    scalars = _scalars(workdir)
+    history = (workdir / "train_history.csv").read_text().splitlines()
+    header = history[0].split(",")
+    rows = [dict(zip(header, map(float, line.split(",")))) for line in history[1:]]
+    for tag, column in (("train/loss", "loss"), ("train/reg", "reg"), ("train/accuracy", "train_accuracy")):
+        assert sorted(scalars[tag]) == list(range(1, 121))  # step = epochs completed
+        np.testing.assert_allclose([scalars[tag][i + 1] for i in range(120)], [r[column] for r in rows], rtol=1e-6)
+    R = np.array(summary["accuracy_matrix"], float)
+    for j in range(3):
+        assert scalars[f"test/accuracy/experience_{j}"] == pytest.approx({40 * (t + 1): R[t, j] for t in range(j, 3)})
+    assert scalars["test/aca"][120] == pytest.approx(summary["aca"])
+
+
 def test_resume_equals_uninterrupted(hn_run, tmp_path, monkeypatch):
     workdir, summary = hn_run
     save = checkpoint.save
@@ -142,6 +178,12 @@ def test_resume_equals_uninterrupted(hn_run, tmp_path, monkeypatch):
         assert resumed[m] == summary[m]
     chex.assert_trees_all_equal(_final_state(tmp_path), _final_state(workdir))
     assert "resumed from the checkpoint after experience 2/3" in (tmp_path / "log.txt").read_text()
+    # the TensorBoard events too: the second file purges what followed the checkpoint, then writes it again
+    assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 2
+    resumed_scalars, scalars = _scalars(tmp_path), _scalars(workdir)
+    assert resumed_scalars.keys() == scalars.keys()
+    for tag in scalars:
+        assert resumed_scalars[tag] == pytest.approx(scalars[tag]), tag
 
 
 def test_resume_refuses_another_config(hn_run, tmp_path):
