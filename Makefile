@@ -31,11 +31,11 @@ install: $(STAMP) ## create .venv with the pinned requirements and phn_jax; ACCE
 TEST_CACHE = $(CURDIR)/.cache/jax-tests
 # The suite is compilation-bound (tiny shapes): LLVM's expensive passes buy the tests nothing.
 TEST_XLA_FLAGS = --xla_llvm_disable_expensive_passes=true
-test: $(STAMP) ## run the test suite (skips tests marked slow or system); about 6.5 min on 2 cores
+test: $(STAMP) ## run the test suite (skips tests marked slow or system); about 7 min on 2 cores
 	rm -rf $(TEST_CACHE)
 	XLA_FLAGS="$(TEST_XLA_FLAGS) $(XLA_FLAGS)" JAX_COMPILATION_CACHE_DIR=$(TEST_CACHE) $(PY) -m pytest -q -m "not slow and not system" -n $(WORKERS) --dist loadfile --no-loadscope-reorder
 
-test-system: $(STAMP) ## real runs in subprocesses: 2 processes x 2 devices, signals, kills, damaged checkpoints, locks, bad input; about 5 min
+test-system: $(STAMP) ## real runs in subprocesses: 2 processes x 2 devices, signals, kills, damaged checkpoints, locks, bad input, seeds, mock MNIST; about 10 min
 	rm -rf $(TEST_CACHE)
 	JAX_COMPILATION_CACHE_DIR=$(TEST_CACHE) $(PY) -m pytest -q -m "system and not slow" -n $(WORKERS) --dist load
 

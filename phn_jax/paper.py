@@ -18,7 +18,9 @@ setting, metric, mean, std, unit, note (the printed value where it is a typo).
 Tables written (where runs exist): 1 (learning accuracy per experience, clean vs noisy), 2 (ACA,
 forgetting, time on Split-CIFAR100 and Split-TinyImageNet), 4 (look-ahead vs none), 5 (first vs
 second order), 6 (memory), and every configuration found. Each cell: ours, the paper's, and the
-difference (ours − paper).
+difference (ours − paper). Figures (PNG beside the report): Figure 8 (the accuracy of experiences
+1–3 over the stream, each configuration's mean over seeds) and Figure 12 (cos(g1, g2) over the
+look-ahead's epochs, mean over seeds) for every stream.
 """
 from __future__ import annotations
 
@@ -27,6 +29,11 @@ import csv
 import json
 from collections import defaultdict
 from pathlib import Path
+
+import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from phn_jax import metrics, report
 
@@ -102,18 +109,23 @@ def find_runs(root: str | Path) -> list[tuple[Path, dict, dict]]:
 
 def group_runs(runs) -> list[dict]:
     """Runs of one configuration together: dicts with stream, method, setting, label, seeds, dirs,
-    the flat config and `aggregate` (mean ± std over its seeds). Configurations that share a name
-    are told apart in their label by the fields where they differ."""
+    the flat config and `aggregate` (mean ± std over its seeds). A seed run twice (alone and in a
+    multi-seed run, say) counts once, its newest run; `repeated` lists the others. Configurations
+    that share a name are told apart in their label by the fields where they differ."""
     groups: dict[str, dict] = {}
-    for d, config, summary in runs:
+    for d, config, summary in sorted(runs, key=lambda r: (r[0] / report.METRICS_JSON).stat().st_mtime_ns):
         flat = {k: v for k, v in _flatten(config).items() if k not in IGNORED}
         key = json.dumps(flat, sort_keys=True, default=str)
         g = groups.setdefault(key, {"stream": config["data"]["name"], "method": method_name(config),
-                                    "setting": setting_name(config), "flat": flat, "seeds": [], "dirs": [],
-                                    "summaries": []})
-        g["seeds"].append(config["seed"])
-        g["dirs"].append(d)
-        g["summaries"].append(summary)
+                                    "setting": setting_name(config), "flat": flat, "runs": {}, "repeated": []})
+        if config["seed"] in g["runs"]:  # the same seed again: the newest run counts, the older is listed
+            g["repeated"].append(g["runs"][config["seed"]][0])
+        g["runs"][config["seed"]] = (d, summary)
+    for g in groups.values():
+        g["seeds"] = sorted(g.pop("runs").items())
+        g["dirs"] = [d for _, (d, _) in g["seeds"]]
+        g["summaries"] = [summary for _, (_, summary) in g["seeds"]]
+        g["seeds"] = [seed for seed, _ in g["seeds"]]
     out = list(groups.values())
     by_name = defaultdict(list)
     for g in out:
@@ -257,8 +269,103 @@ def all_configurations(groups) -> list[str]:
                    "forgetting (%)", "time (min)"], rows)
 
 
-def report_markdown(root: str | Path, paper_path: str | Path = PAPER_RESULTS) -> str:
-    """The whole report of the runs under `root` as Markdown."""
+def _history(d: Path) -> list[dict]:
+    path = d / "train_history.csv"
+    if not path.is_file():
+        return []
+    lines = path.read_text().splitlines()
+    return [dict(zip(lines[0].split(","), map(float, line.split(",")))) for line in lines[1:]]
+
+
+def cos_curves(groups, stream: str) -> dict[str, np.ndarray]:
+    """Figure 12's data: for each HN configuration of `stream` with a look-ahead, cos(g1, g2) of each
+    epoch of experiences 2.. (its look-ahead epochs, in order), mean over its seeds (as many epochs
+    as every seed has)."""
+    out = {}
+    for g in groups:
+        if g["stream"] != stream or not g["method"].startswith("HN") or g["setting"] == "order=none":
+            continue
+        seeds = [[r["cos_g1_g2"] for r in _history(d) if r["experience"] >= 1] for d in g["dirs"]]
+        n = min(map(len, seeds))
+        if n:
+            out[g["label"]] = np.mean([c[:n] for c in seeds], axis=0)
+    return out
+
+
+def accuracy_curves(groups, stream: str, experiences: int = 3) -> dict[str, np.ndarray]:
+    """Figure 8's data: for each configuration of `stream`, R[i, j] of the first `experiences`
+    experiences j (rows i), mean over its seeds: [T, experiences], NaN where not measured."""
+    out = {}
+    for g in groups:
+        if g["stream"] == stream:
+            R = np.stack([metrics.as_accuracy_matrix(s["accuracy_matrix"])[:, :experiences] for s in g["summaries"]])
+            seen = np.isfinite(R).any(axis=0)  # (entries no seed measured stay NaN, without a warning)
+            out[g["label"]] = np.where(seen, np.nanmean(np.where(seen, R, 0.0), axis=0), np.nan)
+    return out
+
+
+def _colors(n: int):
+    return matplotlib.colormaps["tab10" if n <= 10 else "tab20"].colors
+
+
+def figure8(curves: dict[str, np.ndarray], title: str) -> Figure:
+    fig = Figure(figsize=(12.0, 4.0), dpi=100, layout="constrained")
+    axes = fig.subplots(1, 3, sharey=True)
+    colors = _colors(len(curves))
+    for j, ax in enumerate(axes):
+        for c, (label, R) in enumerate(curves.items()):
+            if j < R.shape[1] and np.isfinite(R[j:, j]).any():
+                ax.plot(np.arange(j, R.shape[0]) + 1, 100 * R[j:, j], marker="o", markersize=3,
+                        color=colors[c % len(colors)], label=label)
+        ax.set_title(f"experience {j + 1}")
+        ax.set_xlabel("after training experience")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("test accuracy (%)")
+    fig.suptitle(title)
+    if axes[0].lines:  # every configuration has experience 1: its legend names them all
+        handles, labels = axes[0].get_legend_handles_labels()
+        axes[-1].legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7)
+    return fig
+
+
+def figure12(curves: dict[str, np.ndarray], title: str) -> Figure:
+    fig = Figure(figsize=(9.0, 4.0), dpi=100, layout="constrained")
+    ax = fig.add_subplot()
+    colors = _colors(len(curves))
+    for c, (label, cos) in enumerate(curves.items()):
+        ax.plot(np.arange(1, cos.size + 1), cos, color=colors[c % len(colors)], label=label)
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_xlabel("epoch of experiences 2.. (the look-ahead's)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("cos(g1, g2), epoch mean")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if ax.lines:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7)
+    return fig
+
+
+def write_figures(groups, out_dir: Path) -> list[str]:
+    """Figures 8 and 12 of every stream with runs, as PNGs in `out_dir`; their Markdown lines."""
+    lines = []
+    for stream in sorted({g["stream"] for g in groups}):
+        title = STREAM_TITLES.get(stream, stream)
+        acc = accuracy_curves(groups, stream)
+        report.save_png(figure8(acc, f"Figure 8: accuracy of experiences 1–3 over the stream, {title}"),
+                        out_dir / f"figure8_{stream}.png")
+        lines += [f"![Figure 8, {title}](figure8_{stream}.png)", ""]
+        cos = cos_curves(groups, stream)
+        if cos:
+            report.save_png(figure12(cos, f"Figure 12: cos(g1, g2) over training, {title}"),
+                            out_dir / f"figure12_{stream}.png")
+            lines += [f"![Figure 12, {title}](figure12_{stream}.png)", ""]
+    return (["## Figures", ""] + lines) if lines else []
+
+
+def report_markdown(root: str | Path, paper_path: str | Path = PAPER_RESULTS, figures_dir: Path | None = None) -> str:
+    """The whole report of the runs under `root` as Markdown (with `figures_dir`, also its figures
+    written there)."""
     groups = group_runs(find_runs(root))
     paper = load_paper_results(paper_path)
     lines = [f"# phn_jax report: {root}", "",
@@ -267,6 +374,11 @@ def report_markdown(root: str | Path, paper_path: str | Path = PAPER_RESULTS) ->
              ""]
     lines += table1(groups, paper) + table2(groups, paper) + table45(groups, paper, 4) + table45(groups, paper, 5)
     lines += table6(groups, paper) + all_configurations(groups)
+    repeated = [str(d) for g in groups for d in g["repeated"]]
+    if repeated:
+        lines += ["Seeds run more than once count once, with their newest run; not counted: " + ", ".join(repeated), ""]
+    if figures_dir is not None:
+        lines += write_figures(groups, Path(figures_dir))
     return "\n".join(lines) + "\n"
 
 
@@ -278,7 +390,7 @@ def main(argv=None) -> Path:
     if not Path(args.runs).is_dir():
         parser.error(f"{args.runs} is not a directory of runs")
     out = Path(args.out or Path(args.runs) / "report.md")
-    text = report_markdown(args.runs)
+    text = report_markdown(args.runs, figures_dir=out.parent)
     with report.atomic_open(out) as f:
         f.write(text)
     print(text)

@@ -68,6 +68,7 @@ __all__ = [
     "plot_accuracy_matrix",
     "plot_accuracy_over_stream",
     "run_log",
+    "save_png",
     "write_aggregate",
     "write_config",
     "write_metrics",
@@ -228,7 +229,7 @@ def load_metrics(workdir: str | os.PathLike) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 
-def _save_png(fig: Figure, path: str | os.PathLike) -> Path:
+def save_png(fig: Figure, path: str | os.PathLike) -> Path:
     """Render ``fig`` at its own size and dpi (no tight bbox) and write it atomically."""
     with atomic_open(path, "wb") as f:
         FigureCanvasAgg(fig).print_png(f)
@@ -272,7 +273,7 @@ def accuracy_matrix_figure(R: Any, title: str | None = None) -> Figure:
 
 def plot_accuracy_matrix(R: Any, path: str | os.PathLike, title: str | None = None) -> Path:
     """Write :func:`accuracy_matrix_figure` of ``R`` as a PNG at ``path`` (atomically)."""
-    return _save_png(accuracy_matrix_figure(R, title), path)
+    return save_png(accuracy_matrix_figure(R, title), path)
 
 
 def accuracy_over_stream_figure(R: Any, title: str | None = None) -> Figure:
@@ -305,7 +306,7 @@ def accuracy_over_stream_figure(R: Any, title: str | None = None) -> Figure:
 
 def plot_accuracy_over_stream(R: Any, path: str | os.PathLike, title: str | None = None) -> Path:
     """Write :func:`accuracy_over_stream_figure` of ``R`` as a PNG at ``path`` (atomically)."""
-    return _save_png(accuracy_over_stream_figure(R, title), path)
+    return save_png(accuracy_over_stream_figure(R, title), path)
 
 
 def write_report(workdir: str | os.PathLike, summary: Mapping[str, Any]) -> list[Path]:

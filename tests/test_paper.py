@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from phn_jax import metrics, paper, report
+from phn_jax import metrics, paper, report, train
 from phn_jax.config import base_config
 
 
@@ -40,14 +40,18 @@ def test_typed_cells_equal_the_papers_text(published):
     assert len({r["table"] for r in published}) == 5 and len(published) == 204
 
 
-def _run(root, directory, seed, R, times, **strategy):
-    """A constructed run directory: its config (Split-CIFAR100 with `strategy`) and its metrics."""
+def _run(root, directory, seed, R, times, cos=(), **strategy):
+    """A constructed run directory: its config (Split-CIFAR100 with `strategy`), its metrics, and a
+    history with one epoch in experience 1 and the epochs of experience 2 with cos(g1, g2) = `cos`."""
     c = base_config("split_cifar100")
     c.seed = seed
     c.strategy.update(**strategy)
     d = root / directory
     report.write_config(d, c)
     report.write_metrics(d, metrics.summarize(np.array(R, float), times, {"hypernetwork_mb": 3.53}))
+    rows = [dict.fromkeys(train.HISTORY_COLUMNS, 0.5) | {"experience": t, "epoch": e, "cos_g1_g2": v}
+            for t, e, v in [(0, 0, 0.0)] + [(1, e, v) for e, v in enumerate(cos)]]
+    report.write_table(d / "train_history.csv", train.HISTORY_COLUMNS, rows)
 
 
 NAN = float("nan")
@@ -55,8 +59,9 @@ NAN = float("nan")
 
 def test_report_of_constructed_runs(tmp_path):
     # HN-3 (first order), two seeds: ACA 0.60 and 0.56 (mean 58.0, std 2.83); times 60 + 60 s and 90 + 90 s
-    _run(tmp_path, "hn3_first_seed0", 0, [[0.7, NAN], [0.6, 0.6]], [60, 60], name="hn", freeze_depth=3)
-    _run(tmp_path, "hn3_first_seed1", 1, [[0.6, NAN], [0.52, 0.6]], [90, 90], name="hn", freeze_depth=3)
+    _run(tmp_path, "hn3_first_seed0", 0, [[0.7, NAN], [0.6, 0.6]], [60, 60], (-0.2, -0.1, 0.3), name="hn",
+         freeze_depth=3)
+    _run(tmp_path, "hn3_first_seed1", 1, [[0.6, NAN], [0.52, 0.6]], [90, 90], (-0.4, 0.1), name="hn", freeze_depth=3)
     # the same with second order (Table 5), and Naive (one seed)
     _run(tmp_path, "x/hn3_second_seed0", 0, [[0.5, NAN], [0.5, 0.5]], [300, 300], name="hn", freeze_depth=3,
          order="second")
@@ -75,8 +80,18 @@ def test_report_of_constructed_runs(tmp_path):
     assert "| split_cifar100 | HN-3 order=first | 0, 1 | 2 |" in md
     # Table 6: our hypernetwork's MB beside the paper's
     assert "| Split-CIFAR100 | HN-3 | 3.53 (n=2) | 3.53 | +0.00 |" in md
+    # the figures' data: Figure 12, cos(g1, g2) of the look-ahead epochs, mean over seeds as far as both go
+    cos = paper.cos_curves(groups, "split_cifar100")
+    assert list(cos) == ["HN-3 order=first"]  # the second-order run has no look-ahead epochs in its history
+    np.testing.assert_allclose(cos["HN-3 order=first"], [-0.3, 0.0])
+    # Figure 8: R[i, j] of the first experiences, mean over seeds
+    acc = paper.accuracy_curves(groups, "split_cifar100")
+    np.testing.assert_allclose(acc["HN-3 order=first"], [[0.65, np.nan], [0.56, 0.6]])
     out = paper.main([str(tmp_path)])
-    assert out.read_text() == md
+    text = out.read_text()
+    assert text.startswith(md) and "![Figure 12, Split-CIFAR100](figure12_split_cifar100.png)" in text
+    for name in ("figure8_split_cifar100.png", "figure12_split_cifar100.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_configurations_sharing_a_name_are_told_apart(tmp_path):
@@ -84,3 +99,12 @@ def test_configurations_sharing_a_name_are_told_apart(tmp_path):
     _run(tmp_path, "b", 0, [[0.7, NAN], [0.6, 0.6]], [60, 60], name="hn", freeze_depth=3, beta=0.1)
     labels = [g["label"] for g in paper.group_runs(paper.find_runs(tmp_path))]
     assert labels == ["HN-3 order=first (strategy.beta=0.1)", "HN-3 order=first (strategy.beta=0.5)"]
+
+
+def test_a_seed_run_twice_counts_once_with_its_newest_run(tmp_path):
+    _run(tmp_path, "old", 0, [[0.2, NAN], [0.2, 0.2]], [60, 60], name="hn", freeze_depth=3)
+    _run(tmp_path, "new", 0, [[0.7, NAN], [0.6, 0.6]], [60, 60], name="hn", freeze_depth=3)
+    (g,) = paper.group_runs(paper.find_runs(tmp_path))
+    assert g["seeds"] == [0] and g["dirs"] == [tmp_path / "new"] and g["repeated"] == [tmp_path / "old"]
+    assert g["aggregate"]["aca"]["mean"] == pytest.approx(0.6)
+    assert f"not counted: {tmp_path / 'old'}" in paper.report_markdown(tmp_path)
