@@ -670,9 +670,11 @@ def run_stream(s: Setup, state, progress: list[Progress], ckpt: Checkpointer, lo
         for p in progress:
             p.times.append(seconds)
             p.experience, p.epoch, p.elapsed_s = t + 1, 0, 0.0
-        _log_experience(s, log, progress, [p.summary(_memory(s, state)) for p in progress])
+        memory = _memory(s, state)
+        _log_experience(s, log, progress, [p.summary(memory) for p in progress])
         ckpt.end_of_experience(state, progress)
-    summaries = [p.summary(_memory(s, state)) for p in progress]
+    memory = _memory(s, state)
+    summaries = [p.summary(memory) for p in progress]
     for seed, summary in zip(s.seeds, summaries):
         log.info("%sdone: ACA %.4f, learning accuracy %.4f, forgetting %s, %.1f s", f"seed {seed}: " if s.stacked
                  else "", summary["aca"], summary["learning_accuracy"], summary["forgetting"], summary["total_time_s"])
@@ -757,15 +759,16 @@ def train_and_evaluate(config, workdir: str | Path, *, resume: bool = False):
                 log.info("no checkpoint in %s: starting from the first experience", dirs.workdir)
             # events up to the checkpoint's step are on disk (flushed with it); later ones are written again
             events = Events(dirs, progress[0].step(s.epochs) + 1 if restored is not None else None, enabled=main)
+            memory = _memory(s, state)
             with contextlib.closing(events):
                 if main:
                     _write_run_files(s, dirs, topology)
                     if progress[0].times:  # a kill between a checkpoint and its results files: write them again
-                        summaries = write_results(s, dirs, progress, _memory(s, state))
+                        summaries = write_results(s, dirs, progress, memory)
                         if progress[0].epoch == 0:  # (may repeat the same values at the same step)
                             events.experience(progress, summaries, progress[0].step(s.epochs))
                 log.info("stream %s: %d experiences of %d classes; strategy %s, freeze depth %d, |psi| = %d",
                          s.stream.name, s.num_experiences, s.stream.classes_per_experience, config.strategy.name,
-                         config.strategy.freeze_depth, _memory(s, state).get("hypernetwork_params", 0))
+                         config.strategy.freeze_depth, memory.get("hypernetwork_params", 0))
                 summaries = run_stream(s, state, progress, Checkpointer(s, dirs, mngr, stop, config_json, events), log)
             return summaries if s.stacked else summaries[0]

@@ -16,16 +16,15 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
-import tempfile  # noqa: E402
 
 import pytest  # noqa: E402
+
+from phn_jax.data.tfds_io import contained_tempdirs  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _temporary_files_inside_one_directory():
     """Every temporary file or directory a test (or a library it calls: tfds leaves empty
     `tmp*tfds` directories) makes goes into one directory, removed when the session ends."""
-    with tempfile.TemporaryDirectory(prefix="phn_jax-tests-") as directory:
-        outer, tempfile.tempdir = tempfile.tempdir, directory
+    with contained_tempdirs():
         yield
-        tempfile.tempdir = outer

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 from test_strategies_stream import REAL, STREAM, _first_moments
-from test_train import tiny_config
+from test_train import killed_after_checkpoint, tiny_config
 
 from phn_jax import checkpoint, metrics, report, runtime, train
 from phn_jax.strategies.base import TrainData
@@ -142,17 +142,7 @@ def test_results_directories_and_aggregate(seeds_run):
 
 def test_resume_equals_uninterrupted_and_directories_are_protected(seeds_run, tmp_path, monkeypatch):
     _, summaries = seeds_run
-    save = checkpoint.save
-
-    def crash_after_experience_2(mngr, step, state, meta):
-        save(mngr, step, state, meta)
-        if step == 6:
-            raise KeyboardInterrupt("killed after experience 2")
-
-    monkeypatch.setattr(checkpoint, "save", crash_after_experience_2)
-    with pytest.raises(KeyboardInterrupt):
-        train.train_and_evaluate(_seeds_config(), tmp_path)
-    monkeypatch.setattr(checkpoint, "save", save)
+    killed_after_checkpoint(monkeypatch, 6, _seeds_config(), tmp_path)  # after experience 2
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "aggregate.json", "aggregate.md", "checkpoints", "config.json", "config.yaml", "log.txt", "runtime.json",
         "seed0", "seed3"]

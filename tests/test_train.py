@@ -156,19 +156,25 @@ def test_tensorboard_events_hold_the_history_and_the_accuracies(hn_run):
     assert scalars["test/aca"][120] == pytest.approx(summary["aca"])
 
 
-def test_resume_equals_uninterrupted(hn_run, tmp_path, monkeypatch):
-    workdir, summary = hn_run
+def killed_after_checkpoint(monkeypatch, step, config, workdir):
+    """Runs `config` in `workdir`, killed (KeyboardInterrupt) as soon as checkpoint `step` is saved,
+    before the results files that follow it."""
     save = checkpoint.save
 
-    def crash_after_experience_2(mngr, step, state, meta):
-        save(mngr, step, state, meta)
-        if step == 80:
-            raise KeyboardInterrupt("killed after experience 2")
+    def crash(mngr, saved, state, meta):
+        save(mngr, saved, state, meta)
+        if saved == step:
+            raise KeyboardInterrupt(f"killed after checkpoint {step}")
 
-    monkeypatch.setattr(checkpoint, "save", crash_after_experience_2)
+    monkeypatch.setattr(checkpoint, "save", crash)
     with pytest.raises(KeyboardInterrupt):
-        train.train_and_evaluate(tiny_config(), tmp_path)
+        train.train_and_evaluate(config, workdir)
     monkeypatch.setattr(checkpoint, "save", save)
+
+
+def test_resume_equals_uninterrupted(hn_run, tmp_path, monkeypatch):
+    workdir, summary = hn_run
+    killed_after_checkpoint(monkeypatch, 80, tiny_config(), tmp_path)  # after experience 2
     with pytest.raises(FileExistsError, match="--resume"):
         train.train_and_evaluate(tiny_config(), tmp_path)
     resumed = train.train_and_evaluate(tiny_config(), tmp_path, resume=True)

@@ -143,7 +143,7 @@ def _not_found(name: str, data_dir: str) -> DatasetNotFoundError:
 
 @contextlib.contextmanager
 def contained_tempdirs():
-    """Temporary directories made inside one that is removed on exit. tfds leaves an empty
+    """Temporary files and directories made inside one that is removed on exit. tfds leaves an empty
     `tmp*tfds` directory in the system temp dir for each builder of a dataset not yet prepared
     (`DatasetInfo.initialize_from_bucket`); building one inside this leaves nothing behind."""
     with tempfile.TemporaryDirectory(prefix="phn_jax-tfds-") as directory:
