@@ -72,8 +72,8 @@ cifar100: $(STAMP) ## Split-CIFAR100 20x5 (Table 2): STRATEGY=hn|lr|naive|ewc|jo
 tinyimagenet: $(STAMP) ## Split-TinyImageNet 20x10 (Table 2): same variables as cifar100
 	$(call run,experiments/configs/split_tinyimagenet.py,$(RUNS)/tinyimagenet/$(NAME))
 
-noisy: $(STAMP) ## Noisy-CIFAR100 4x5 (section 4.2, Table 1): same variables as cifar100
-	$(call run,experiments/configs/noisy_cifar100.py,$(RUNS)/noisy/$(NAME))
+noisy: $(STAMP) ## Noisy-CIFAR100 4x5 (section 4.2, Table 1): same variables as cifar100; CLEAN=1: its clean twin (runs/clean)
+	$(call run,experiments/configs/$(if $(CLEAN),clean,noisy)_cifar100.py,$(RUNS)/$(if $(CLEAN),clean,noisy)/$(NAME))
 
 # von Oswald et al.'s MNIST streams: their settings in the config files; k = 0 (their whole network is
 # generated) and their iterations as epochs, unless given on the command line.
@@ -92,13 +92,41 @@ ablation-order: $(STAMP) ## Table 5: first- vs second-order look-ahead for k=0..
 	  $(MAKE) --no-print-directory cifar100 STRATEGY=hn FREEZE=$$k ORDER=$$o RESUME=1 || exit 1; done; done
 	$(PY) -m phn_jax.paper $(RUNS)/cifar100
 
-.PHONY: report
-report: $(STAMP) ## the paper's Tables 1, 2, 4, 5, 6 from every run under RUNS (seeds aggregated), the paper's numbers beside ours: RUNS/report.md
+.PHONY: report transfer paper
+report: $(STAMP) ## the paper's Tables 1, 2, 4, 5, 6 and Figures 4, 7, 8, 11, 12 from every run under RUNS (seeds aggregated), the paper's numbers beside ours: RUNS/report.md and report.html
 	$(PY) -m phn_jax.paper $(RUNS)
+
+# ---- The paper's queues (phn_jax/suite.py): each configuration's seeds as one program, in queue order, in the
+# directories the targets above use; finished configurations are skipped and interrupted ones resumed, so
+# the same command continues. QUICK=1: the same queues on streams that ship with the code (runs/quick).
+PAPER_SEEDS := 0,1,2
+PAPER_RUNS   = $(RUNS)$(if $(QUICK),/quick)
+suite        = $(if $(DATA_DIR),TFDS_DATA_DIR=$(DATA_DIR)) $(PY) -m phn_jax.suite $(1) --runs $(PAPER_RUNS) \
+               --seeds $(or $(SEEDS),$(PAPER_SEEDS)) $(if $(QUICK),--quick) $(if $(PAIRS),--pairs $(PAIRS)) \
+               $(if $(filter command line,$(origin EPOCHS)),--epochs $(EPOCHS)) $(if $(LIST),--list)
+transfer: $(STAMP) ## section 4.1 / Figure 4: every pair A->B of 5 datasets x k=0..4 x {LR c=0, HN}, then its report; PAIRS=cifar10:cifar100,... SEEDS=0,1,2 EPOCHS= QUICK=1 LIST=1
+	$(call suite,transfer)
+	$(if $(LIST),,$(PY) -m phn_jax.paper $(PAPER_RUNS)/transfer)
+
+paper: $(STAMP) ## every run of the paper's tables and figures (queue order, resumable), then make report; QUICK=1: all of it on embedded streams in minutes (runs/quick); LIST=1 SEEDS= EPOCHS= PAIRS=
+	$(call suite,paper)
+	$(if $(LIST),,$(PY) -m phn_jax.paper $(PAPER_RUNS))
 
 .PHONY: bench
 bench: $(STAMP) ## time every step (HN-k x order, experience 1, baselines), seeds (1/3/8, vmap and map) and evaluation on CIFAR shapes: runs/bench/bench.{json,md}; PARTS=steps,seeds,eval STEPS=20
 	$(PY) -m phn_jax.bench --out $(RUNS)/bench $(if $(PARTS),--parts $(PARTS)) $(if $(STEPS),--steps $(STEPS))
+
+# PyTorch for `make bench-torch` only, in its own environment (never a dependency of phn_jax): its CPU build
+TORCH_VENV  := .venv-torch
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+$(TORCH_VENV)/.installed: requirements-torch.txt
+	$(PYTHON) -m venv $(TORCH_VENV)
+	$(TORCH_VENV)/bin/python -m pip install --quiet $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) -r requirements-torch.txt
+	touch $@
+
+.PHONY: bench-torch
+bench-torch: $(STAMP) $(TORCH_VENV)/.installed ## our full-network steps (Naive, experience 1 of HN-0 and HN-3) against a plain PyTorch step of the same network, one sitting: runs/bench-torch/bench.{json,md}; installs torch (CPU) into .venv-torch on first use (TORCH_INDEX=)
+	$(PY) -m phn_jax.bench --parts torch --torch-python $(TORCH_VENV)/bin/python --out $(RUNS)/bench-torch $(if $(STEPS),--steps $(STEPS))
 
 .PHONY: data
 data: $(STAMP) ## prepare a dataset for tfds.data_source: DATASET=<name> [DATA_DIR=<tfds dir>] [MANUAL_DIR=<archives copied by hand>]

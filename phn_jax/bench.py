@@ -1,6 +1,7 @@
 """Benchmarks of the engine's own compiled programs on CIFAR-shaped data (`make bench`).
 
     python -m phn_jax.bench [--parts steps,seeds,eval] [--out runs/bench] [--steps 20]
+    python -m phn_jax.bench --parts torch --torch-python .venv-torch/bin/python    (`make bench-torch`)
 
 Every figure is measured in this one run, on this machine, so the ratios it prints (second over
 first order, S seeds over one) compare like with like; machines are noisy: compare ratios and
@@ -24,6 +25,9 @@ Parts:
   seeds  HN-3 (first order) and its experience-1 step with 1, 3 and 8 seeds in one program
          (`config.seeds`): images/s summed over seeds
   eval   evaluation of 20 tasks on their test sets (500 images each), as after the last experience
+  torch  our full-network steps (Naive; the experience-1 step of HN-0 and HN-3), then a plain PyTorch
+         step of the same slim ResNet-18 (`experiments/bench_torch.py`, run by --torch-python in its
+         own environment, right after ours): each of ours over PyTorch's time
 
 Writes `bench.json` and `bench.md` (the same tables) under --out.
 """
@@ -35,6 +39,8 @@ import json
 import platform
 import shutil
 import statistics
+import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -46,7 +52,10 @@ from phn_jax import metrics, report, runtime, train
 
 BATCH = 64
 TASKS = 20
-PARTS = ("steps", "seeds", "eval")
+PARTS = ("steps", "seeds", "eval", "torch")
+TORCH_SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "bench_torch.py"
+TORCH_STEP = "PyTorch plain step"
+FULL_NETWORK = ("Naive", "HN-0 experience 1", "HN-3 experience 1")  # our steps that train the whole network
 
 
 def bench_config(strategy: str = "hn", freeze_depth: int = 3, order: str = "first", seeds: tuple = (),
@@ -118,7 +127,7 @@ def time_step(name: str, config, t: int, steps: int) -> Timing:
     s = train.setup(config)
     k_init, _ = train.split_key(s.key())
     state = train.init_state(k_init, strategy=s.strategy, seed_axis=s.seed_axis)
-    state = train.over_seeds(lambda st: s.strategy.begin_experience(st, t), s.seed_axis)(state)
+    state = train.begin_experience(state, t, strategy=s.strategy, seed_axis=s.seed_axis)
     state = runtime.replicate(state, s.mesh)
     arrays = _batch(s, t)
     key = train.fold_in(s.key(), 7)
@@ -159,6 +168,20 @@ def time_eval(name: str, config, repeats: int) -> Timing:
     return _timing(name, 1, times[1:], compiled, cold, warm, images, flops_per_call=len(tests))
 
 
+def time_torch(python: str, steps: int) -> Timing:
+    """The plain PyTorch step, timed by `experiments/bench_torch.py` under the interpreter `python`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "torch.json"
+        done = subprocess.run([python, str(TORCH_SCRIPT), "--steps", str(steps), "--json", str(out)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"{TORCH_SCRIPT.name} failed under {python} (make bench-torch installs torch into "
+                               f".venv-torch):\n{done.stderr[-2000:]}")
+        r = json.loads(out.read_text())
+    name = f"{TORCH_STEP} (torch {r['torch']}, {r['threads']} threads)"
+    return Timing(name, 1, r["ms_median"], r["ms_min"], r["ms_max"], r["images_per_s"], None, None, 0.0, 0.0)
+
+
 def _timing(name, seeds, times, compiled, cold, warm, images, flops_per_call: int = 1) -> Timing:
     flops, mb = _cost(compiled)
     med = statistics.median(times)
@@ -175,6 +198,9 @@ def cases(parts) -> list[tuple[str, object, int]]:
             out.append((f"HN-{k} experience 1", bench_config("hn", k), 0))
         out += [("Naive", bench_config("naive", 0), 1), ("EWC", bench_config("ewc", 0), 1),
                 ("LR-3", bench_config("lr", 3), 1)]
+    if "torch" in parts and "steps" not in parts:
+        out += [("Naive", bench_config("naive", 0), 1), ("HN-0 experience 1", bench_config("hn", 0), 0),
+                ("HN-3 experience 1", bench_config("hn", 3), 0)]
     if "seeds" in parts:
         for t, what in ((1, "HN-3 first"), (0, "HN-3 experience 1")):
             out.append((f"{what}, 1 seed", bench_config("hn", 3), t))
@@ -185,9 +211,14 @@ def cases(parts) -> list[tuple[str, object, int]]:
 
 
 def ratios(timings: list[Timing]) -> dict[str, float]:
-    """Second over first order at each k; S seeds' images/s over one seed's."""
+    """Second over first order at each k; S seeds' images/s over one seed's; our full-network steps
+    over PyTorch's plain step (time)."""
     by = {t.name: t for t in timings}
     out = {}
+    torch_step = next((t for t in timings if t.name.startswith(TORCH_STEP)), None)
+    for name in FULL_NETWORK if torch_step else ():
+        if name in by:
+            out[f"{name} / PyTorch plain step (time)"] = by[name].ms_median / torch_step.ms_median
     for k in range(5):
         if f"HN-{k} second" in by and f"HN-{k} first" in by:
             out[f"HN-{k} second / first order (time)"] = by[f"HN-{k} second"].ms_median / by[f"HN-{k} first"].ms_median
@@ -221,11 +252,15 @@ def main(argv=None) -> dict:
     parser.add_argument("--parts", default=",".join(PARTS), help="comma-separated: " + ", ".join(PARTS))
     parser.add_argument("--out", default="runs/bench")
     parser.add_argument("--steps", type=int, default=20, help="steps timed per program (after 2 warm-up)")
+    parser.add_argument("--torch-python", default=".venv-torch/bin/python",
+                        help="the part torch: the Python with torch installed (make bench-torch makes .venv-torch)")
     args = parser.parse_args(argv)
     parts = args.parts.split(",")
     unknown = set(parts) - set(PARTS)
     if unknown:
         parser.error(f"unknown part(s) {sorted(unknown)}: choose from {', '.join(PARTS)}")
+    if "torch" in parts and not Path(args.torch_python).is_file():
+        parser.error(f"--torch-python {args.torch_python} does not exist: `make bench-torch` installs it")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cache_dir = out / "xla-cache"
@@ -242,6 +277,9 @@ def main(argv=None) -> dict:
         print(f"{name}: {timings[-1].ms_median:.1f} ms/step, {timings[-1].images_per_s:.0f} images/s", flush=True)
     if "eval" in parts:
         timings.append(time_eval(f"evaluation of {TASKS} tasks (HN-3)", bench_config("hn", 3), args.steps))
+    if "torch" in parts:
+        timings.append(time_torch(args.torch_python, args.steps))
+        print(f"{timings[-1].name}: {timings[-1].ms_median:.1f} ms/step", flush=True)
     shutil.rmtree(cache_dir, ignore_errors=True)
     ratio = ratios(timings)
     result = {"machine": machine, "timings": [dataclasses.asdict(t) for t in timings], "ratios": ratio}

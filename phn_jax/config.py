@@ -74,6 +74,17 @@ def base_config(stream: str) -> ml_collections.ConfigDict:
     return c
 
 
+def digits_config(stream: str = "split_digits") -> ml_collections.ConfigDict:
+    """A stream of scikit-learn's digits (split_digits, noisy_digits, clean_digits): 2 classes per
+    experience, batch 32 and 15 epochs (minutes on a laptop CPU), HN-2."""
+    c = base_config(stream)
+    c.strategy.freeze_depth = 2
+    c.model.num_classes = 2
+    c.train.epochs = 15
+    c.train.batch_size = 32
+    return c
+
+
 def smoke(c: ml_collections.ConfigDict, epochs: int = 1) -> ml_collections.ConfigDict:
     """Shrinks any experiment to a laptop-size run of the same code path (big_vision's `runlocal`)."""
     c.train.epochs = epochs

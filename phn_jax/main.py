@@ -83,6 +83,28 @@ def _disk_full(err: BaseException) -> bool:
     return False
 
 
+def run_or_exit(config, workdir: str, *, resume: bool, debug: bool = False):
+    """`train.train_and_evaluate(config, workdir, resume=resume)`; a stop request or a clear error
+    (CLEAR_ERRORS, a full disk) ends the process with its message and exit code (see the module's
+    docstring) instead of a traceback, unless `debug`."""
+    try:
+        return train.train_and_evaluate(config, workdir, resume=resume)
+    except rundir.Interrupted as stop:
+        where = train.RunDirs.of(workdir, tuple(config.seeds)).workdir
+        print(f"{stop}: a checkpoint is saved in {where}. Resume with the same command and --resume "
+              "(make ... RESUME=1).", file=sys.stderr)
+        sys.exit(stop.exit_code)
+    except Exception as err:
+        if debug or not (_disk_full(err) or isinstance(err, CLEAR_ERRORS)):
+            raise
+        if _disk_full(err):
+            err = (f"the disk holding {workdir} is full ({err}). Every file of a run is written to a "
+                   "temporary file first, so the previous checkpoint and results are intact: free some space, "
+                   "then resume with the same command and --resume (make ... RESUME=1).")
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -90,22 +112,7 @@ def main(argv):
     runtime.enable_compilation_cache()
     if FLAGS.distributed:
         runtime.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-    try:
-        train.train_and_evaluate(FLAGS.config, FLAGS.workdir, resume=FLAGS.resume)
-    except rundir.Interrupted as stop:
-        where = train.RunDirs.of(FLAGS.workdir, tuple(FLAGS.config.seeds)).workdir
-        print(f"{stop}: a checkpoint is saved in {where}. Resume with the same command and --resume "
-              "(make ... RESUME=1).", file=sys.stderr)
-        sys.exit(stop.exit_code)
-    except Exception as err:
-        if FLAGS.debug or not (_disk_full(err) or isinstance(err, CLEAR_ERRORS)):
-            raise
-        if _disk_full(err):
-            err = (f"the disk holding {FLAGS.workdir} is full ({err}). Every file of a run is written to a "
-                   "temporary file first, so the previous checkpoint and results are intact: free some space, "
-                   "then resume with the same command and --resume (make ... RESUME=1).")
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_or_exit(FLAGS.config, FLAGS.workdir, resume=FLAGS.resume, debug=FLAGS.debug)
 
 
 if __name__ == "__main__":

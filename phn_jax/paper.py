@@ -16,20 +16,28 @@ typed from the paper's text, one row per cell: table, the paper's row label, str
 setting, metric, mean, std, unit, note (the printed value where it is a typo).
 
 Tables written (where runs exist): 1 (learning accuracy per experience, clean vs noisy), 2 (ACA,
-forgetting, time on Split-CIFAR100 and Split-TinyImageNet), 4 (look-ahead vs none), 5 (first vs
-second order), 6 (memory), and every configuration found. Each cell: ours, the paper's, and the
-difference (ours − paper). Figures (PNG beside the report): Figure 8 (the accuracy of experiences
-1–3 over the stream, each configuration's mean over seeds) and Figure 12 (cos(g1, g2) over the
-look-ahead's epochs, mean over seeds) for every stream.
+forgetting, time), 4 (look-ahead vs none), 5 (first vs second order), 6 (memory), Figure 4's data
+(transfer pairs), and every configuration found. Tables 2, 4, 5, 6 cover Split-CIFAR100 and
+Split-TinyImageNet, then any other class-split stream with runs (Split-Digits of `make paper
+QUICK=1`); Table 1 the clean/noisy CIFAR-100 pair and its digits twin. Each cell: ours, and where the
+paper has the cell its value and the difference (ours − paper). Figures (PNG beside the report,
+each where its runs exist): 4 (transfer: learning accuracy on B against k, LR c = 0 vs HN), 7 (the
+first experience over the stream: LR noisy vs clean; LR vs HN on the noisy stream), 8 (experiences
+1–3 over the stream, LR-3 and HN-3), 11 (experiences 1–8 with and without the look-ahead) and 12
+(cos(g1, g2) over the look-ahead's epochs); all means over seeds. `report.html` is the same report
+as one self-contained page (figures embedded).
 """
 from __future__ import annotations
 
 import argparse
+import base64
 import csv
 import json
+import re
 from collections import defaultdict
 from pathlib import Path
 
+import markdown_it
 import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
@@ -38,12 +46,23 @@ from matplotlib.ticker import MaxNLocator
 from phn_jax import metrics, report
 
 PAPER_RESULTS = Path(__file__).with_name("paper_results.csv")
-# Config fields that do not change a run's results: runs differing only in these are one configuration.
-IGNORED = ("seed", "seeds", "data.seed", "train.progress", "train.num_devices", "train.seed_axis",
-           "checkpoint.max_to_keep", "checkpoint.every_minutes")
+# Runs whose results fields (`report.results_fields`) differ only in these are one configuration's seeds.
+SEED_FIELDS = ("seed", "data.seed")
 TABLE2_METHODS = ("Naive", "EWC", "LR-1", "HN-1", "LR-2", "HN-2", "LR-3", "HN-3", "LR-4", "HN-4", "HN-F")
 STREAM_TITLES = {"split_cifar100": "Split-CIFAR100", "split_tinyimagenet": "Split-TinyImageNet",
-                 "clean_cifar100": "CIFAR-100 4×5, clean", "noisy_cifar100": "CIFAR-100 4×5, noisy"}
+                 "clean_cifar100": "CIFAR-100 4×5, clean", "noisy_cifar100": "CIFAR-100 4×5, noisy",
+                 "split_digits": "Split-Digits", "clean_digits": "Digits 4×2, clean", "noisy_digits": "Digits 4×2, noisy",
+                 "transfer": "transfer pairs"}
+# Table 1 and Figure 7: (clean, noisy) twins; the paper's, then `make paper QUICK=1`'s
+CLEAN_NOISY = (("clean_cifar100", "noisy_cifar100"), ("clean_digits", "noisy_digits"))
+# Tables 2, 4, 5, 6: the paper's streams first, then any other class-split stream with runs
+PAPER_STREAMS = ("split_cifar100", "split_tinyimagenet")
+NOT_CLASS_SPLIT = ("transfer",) + tuple(s for pair in CLEAN_NOISY for s in pair)
+DEPTHS = range(5)
+
+
+def title(stream: str) -> str:
+    return STREAM_TITLES.get(stream, stream)
 
 
 def load_paper_results(path: str | Path = PAPER_RESULTS) -> list[dict]:
@@ -87,16 +106,6 @@ def setting_name(config: dict) -> str:
     return ""
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def find_runs(root: str | Path) -> list[tuple[Path, dict, dict]]:
     """(directory, config, metrics) of every run under `root` (sorted by path)."""
     runs = []
@@ -114,7 +123,7 @@ def group_runs(runs) -> list[dict]:
     that share a name are told apart in their label by the fields where they differ."""
     groups: dict[str, dict] = {}
     for d, config, summary in sorted(runs, key=lambda r: (r[0] / report.METRICS_JSON).stat().st_mtime_ns):
-        flat = {k: v for k, v in _flatten(config).items() if k not in IGNORED}
+        flat = {k: v for k, v in report.results_fields(config).items() if k not in SEED_FIELDS}
         key = json.dumps(flat, sort_keys=True, default=str)
         g = groups.setdefault(key, {"stream": config["data"]["name"], "method": method_name(config),
                                     "setting": setting_name(config), "flat": flat, "runs": {}, "repeated": []})
@@ -181,32 +190,58 @@ def _find(groups, stream: str, method: str, setting: str | None):
     return found[0] if found else None
 
 
-def _table(title: str, header: list[str], rows: list[list[str]]) -> list[str]:
+def _table(heading: str, header: list[str], rows: list[list[str]]) -> list[str]:
     if not rows:
         return []
-    return ([f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return ([f"## {heading}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
             + ["| " + " | ".join(r) + " |" for r in rows] + [""])
 
 
+def _has_paper(paper, table: int, streams) -> bool:
+    """Whether the paper's `table` has numbers for one of `streams` (else: our columns only)."""
+    return any(r["table"] == table and r["stream"] in streams for r in paper)
+
+
+def _metric_header(metric_titles, with_paper: bool) -> list[str]:
+    return [f"{w} {m}" for m in metric_titles for w in (("ours", "paper", "Δ") if with_paper else ("ours",))]
+
+
+def _metric_cells(ours, published, with_paper: bool, digits: int = 1) -> list[str]:
+    c = cells(ours, published, digits)
+    return list(c) if with_paper else [c[0]]
+
+
+def _class_split_streams(groups) -> list[str]:
+    """The streams of Tables 2, 4, 5 and 6: the paper's first, then the others with runs, sorted."""
+    found = {g["stream"] for g in groups} - set(NOT_CLASS_SPLIT)
+    return [s for s in PAPER_STREAMS if s in found] + sorted(found - set(PAPER_STREAMS))
+
+
 def table1(groups, paper) -> list[str]:
-    rows = []
-    for stream in ("clean_cifar100", "noisy_cifar100"):
-        for method in ("LR-2", "HN-2", "LR-3", "HN-3", "LR-4", "HN-4"):
-            g = _find(groups, stream, method, None)
-            if g is None:
-                continue
-            row = [STREAM_TITLES[stream], method]
-            for e in range(1, 5):
-                row += list(cells(_ours(g["aggregate"], f"learning_accuracy_e{e}"),
-                                  paper_value(paper, 1, stream, method, f"learning_accuracy_e{e}")))
-            rows.append(row)
-    header = ["stream", "method"] + [f"{w} e{e}" for e in range(1, 5) for w in ("ours", "paper", "Δ")]
-    return _table("Table 1: learning accuracy of each experience (%), clean vs noisy stream", header, rows)
+    out = []
+    for pair in CLEAN_NOISY:
+        with_paper = _has_paper(paper, 1, pair)
+        rows = []
+        for stream in pair:
+            for method in ("LR-2", "HN-2", "LR-3", "HN-3", "LR-4", "HN-4"):
+                g = _find(groups, stream, method, None)
+                if g is None:
+                    continue
+                row = [title(stream), method]
+                for e in range(1, 5):
+                    row += _metric_cells(_ours(g["aggregate"], f"learning_accuracy_e{e}"),
+                                         paper_value(paper, 1, stream, method, f"learning_accuracy_e{e}"), with_paper)
+                rows.append(row)
+        header = ["stream", "method"] + _metric_header([f"e{e}" for e in range(1, 5)], with_paper)
+        out += _table(f"Table 1: learning accuracy of each experience (%), clean vs noisy {title(pair[0]).split(',')[0]}",
+                      header, rows)
+    return out
 
 
 def table2(groups, paper) -> list[str]:
     out = []
-    for stream in ("split_cifar100", "split_tinyimagenet"):
+    for stream in _class_split_streams(groups):
+        with_paper = _has_paper(paper, 2, (stream,))
         rows = []
         for method in TABLE2_METHODS + ("Joint",):
             g = _find(groups, stream, method, None)
@@ -214,47 +249,78 @@ def table2(groups, paper) -> list[str]:
                 continue
             row = [method]
             for metric in ("aca", "forgetting", "time"):
-                row += list(cells(_ours(g["aggregate"], metric), paper_value(paper, 2, stream, method, metric)))
+                row += _metric_cells(_ours(g["aggregate"], metric), paper_value(paper, 2, stream, method, metric),
+                                     with_paper)
             rows.append(row)
-        header = ["method"] + [f"{w} {m}" for m in ("ACA (%)", "forgetting (%)", "time (min)")
-                               for w in ("ours", "paper", "Δ")]
-        out += _table(f"Table 2: {STREAM_TITLES[stream]}", header, rows)
+        header = ["method"] + _metric_header(("ACA (%)", "forgetting (%)", "time (min)"), with_paper)
+        out += _table(f"Table 2: {title(stream)}", header, rows)
     return out
 
 
 def table45(groups, paper, table: int) -> list[str]:
     orders = ("none", "first") if table == 4 else ("first", "second")
-    rows = []
-    for k in range(5):
-        method = "HN-F" if k == 0 else f"HN-{k}"
-        for order in orders:
-            g = _find(groups, "split_cifar100", method, f"order={order}")
-            if g is None:
-                continue
-            row = [method, order]
-            for metric in ("aca", "learning_accuracy", "time"):
-                row += list(cells(_ours(g["aggregate"], metric),
-                                  paper_value(paper, table, "split_cifar100", method, metric, f"order={order}")))
-            rows.append(row)
-    header = ["method", "look-ahead"] + [f"{w} {m}" for m in ("ACA (%)", "learning accuracy (%)", "time (min)")
-                                         for w in ("ours", "paper", "Δ")]
-    title = "Table 4: look-ahead vs none" if table == 4 else "Table 5: first vs second order"
-    return _table(f"{title} (Split-CIFAR100)", header, rows)
+    name = "Table 4: look-ahead vs none" if table == 4 else "Table 5: first vs second order"
+    out = []
+    for stream in _class_split_streams(groups):
+        with_paper = _has_paper(paper, table, (stream,))
+        compared = "none" if table == 4 else "second"  # (the default, first order, is in Table 2's runs)
+        if not any(g["stream"] == stream and g["setting"] == f"order={compared}" for g in groups):
+            continue
+        rows = []
+        for k in DEPTHS:
+            method = "HN-F" if k == 0 else f"HN-{k}"
+            for order in orders:
+                g = _find(groups, stream, method, f"order={order}")
+                if g is None:
+                    continue
+                row = [method, order]
+                for metric in ("aca", "learning_accuracy", "time"):
+                    row += _metric_cells(_ours(g["aggregate"], metric),
+                                         paper_value(paper, table, stream, method, metric, f"order={order}"), with_paper)
+                rows.append(row)
+        header = ["method", "look-ahead"] + _metric_header(("ACA (%)", "learning accuracy (%)", "time (min)"),
+                                                           with_paper)
+        out += _table(f"{name} ({title(stream)})", header, rows)
+    return out
 
 
 def table6(groups, paper) -> list[str]:
+    streams = _class_split_streams(groups)
+    with_paper = _has_paper(paper, 6, streams)
     rows = []
-    for stream in ("split_cifar100", "split_tinyimagenet"):
-        for k in range(5):
+    for stream in streams:
+        for k in DEPTHS:
             for method, key in ((f"LR-{k}", "replay_buffer_mb"), ("HN-F" if k == 0 else f"HN-{k}", "hypernetwork_mb")):
                 g = _find(groups, stream, method, None)
                 if g is None:
                     continue
                 mb = g["summaries"][0]["memory"].get(key)
                 ours = None if mb is None else {"mean": mb, "std": None, "n": len(g["seeds"])}
-                rows.append([STREAM_TITLES[stream], method,
-                             *cells(ours, paper_value(paper, 6, stream, method, "memory"), digits=2)])
-    return _table("Table 6: memory (MB at 32 bit)", ["stream", "method", "ours", "paper", "Δ"], rows)
+                rows.append([title(stream), method,
+                             *_metric_cells(ours, paper_value(paper, 6, stream, method, "memory"), with_paper, 2)])
+    return _table("Table 6: memory (MB at 32 bit)", ["stream", "method"] + _metric_header(("MB",), with_paper), rows)
+
+
+def transfer_results(groups) -> dict[tuple[str, str], dict[str, list]]:
+    """Figure 4's data: for each transfer pair (A, B) with runs, for "LR (c=0)" and "HN" (first-order
+    look-ahead), the learning accuracy on B (R[1, 1], %) at k = 0..4: {mean, std, n} or None."""
+    out: dict = {}
+    kinds = {("lr", "c=0"): "LR (c=0)", ("hn", "order=first"): "HN"}
+    for g in groups:
+        kind = kinds.get((g["flat"]["strategy.name"], g["setting"]))
+        if g["stream"] != "transfer" or kind is None:
+            continue
+        pair = tuple(g["flat"]["data.transfer_pair"])
+        per_k = out.setdefault(pair, {}).setdefault(kind, [None] * len(DEPTHS))
+        per_k[g["flat"]["strategy.freeze_depth"]] = _ours(g["aggregate"], "learning_accuracy_e2")
+    return dict(sorted(out.items()))
+
+
+def table_transfer(results) -> list[str]:
+    rows = [[f"{a} → {b}", kind, *(_cell(v) + ("" if v is None else f" (n={v['n']})") for v in per_k)]
+            for (a, b), kinds in results.items() for kind, per_k in sorted(kinds.items())]
+    return _table("Figure 4's data: learning accuracy on B after A (%), by freeze depth k",
+                  ["A → B", "method"] + [f"k={k}" for k in DEPTHS], rows)
 
 
 def all_configurations(groups) -> list[str]:
@@ -292,15 +358,37 @@ def cos_curves(groups, stream: str) -> dict[str, np.ndarray]:
     return out
 
 
+def mean_accuracy_matrix(g) -> np.ndarray:
+    """R [T, T] of a configuration, mean over its seeds; NaN where no seed measured it."""
+    R = np.stack([metrics.as_accuracy_matrix(s["accuracy_matrix"]) for s in g["summaries"]])
+    seen = np.isfinite(R).any(axis=0)  # (entries no seed measured stay NaN, without a warning)
+    return np.where(seen, np.nanmean(np.where(seen, R, 0.0), axis=0), np.nan)
+
+
 def accuracy_curves(groups, stream: str, experiences: int = 3) -> dict[str, np.ndarray]:
-    """Figure 8's data: for each configuration of `stream`, R[i, j] of the first `experiences`
-    experiences j (rows i), mean over its seeds: [T, experiences], NaN where not measured."""
+    """Figure 8's data: R[i, j] of the first `experiences` experiences j (rows i), mean over seeds
+    ([T, experiences], NaN where not measured), of the LR-3 and HN-3 configurations of `stream` (the
+    paper's freeze depth), or of all its configurations when it has neither."""
+    mine = [g for g in groups if g["stream"] == stream]
+    at3 = [g for g in mine if g["method"] in ("LR-3", "HN-3")]
+    return {g["label"]: mean_accuracy_matrix(g)[:, :experiences] for g in (at3 or mine)}
+
+
+def first_experience_curves(groups, stream: str) -> dict[str, np.ndarray]:
+    """Figure 7's data: R[i, 0] (i = 0..T−1) of the LR-k (c = 1) and HN-k (first order) runs of
+    `stream`, mean over seeds, keyed by method."""
+    return {g["method"]: mean_accuracy_matrix(g)[:, 0] for g in groups
+            if g["stream"] == stream and g["setting"] in ("c=1", "order=first") and g["method"][-1].isdigit()}
+
+
+def lookahead_curves(groups, stream: str) -> dict[str, dict[str, np.ndarray]]:
+    """Figure 11's data: for each HN-k of `stream` run both with and without the look-ahead, R mean
+    over seeds ({"first": R, "none": R}), keyed by method."""
     out = {}
-    for g in groups:
-        if g["stream"] == stream:
-            R = np.stack([metrics.as_accuracy_matrix(s["accuracy_matrix"])[:, :experiences] for s in g["summaries"]])
-            seen = np.isfinite(R).any(axis=0)  # (entries no seed measured stay NaN, without a warning)
-            out[g["label"]] = np.where(seen, np.nanmean(np.where(seen, R, 0.0), axis=0), np.nan)
+    for method in sorted({g["method"] for g in groups if g["stream"] == stream and g["method"].startswith("HN")}):
+        both = {o: _find(groups, stream, method, f"order={o}") for o in ("first", "none")}
+        if None not in both.values():
+            out[method] = {o: mean_accuracy_matrix(g) for o, g in both.items()}
     return out
 
 
@@ -346,21 +434,146 @@ def figure12(curves: dict[str, np.ndarray], title: str) -> Figure:
     return fig
 
 
+def _depth_color(method: str, colors):
+    return colors[int(method[-1]) % len(colors)] if method[-1].isdigit() else colors[0]
+
+
+def figure4(results: dict, heading: str) -> Figure:
+    """One panel per target dataset B: learning accuracy on B against k, a color per source A, HN
+    solid, LR (c = 0) dashed, ± std over seeds as error bars."""
+    targets = sorted({b for _, b in results})
+    sources = sorted({a for a, _ in results})
+    colors = dict(zip(sources, _colors(len(sources))))
+    fig = Figure(figsize=(3.4 * len(targets) + 1.0, 3.8), dpi=100, layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(targets), sharey=True, squeeze=False)[0])
+    for ax, b in zip(axes, targets):
+        for (a, target), kinds in results.items():
+            if target != b:
+                continue
+            for kind, per_k in sorted(kinds.items()):
+                ks = [k for k, v in enumerate(per_k) if v is not None]
+                ax.errorbar(ks, [per_k[k]["mean"] for k in ks], yerr=[per_k[k]["std"] or 0.0 for k in ks],
+                            color=colors[a], linestyle="-" if kind == "HN" else "--",
+                            marker="o" if kind == "HN" else "s", markersize=4, capsize=2, label=f"{a}, {kind}")
+        ax.set_title(f"second experience: {b}")
+        ax.set_xlabel("freeze depth k")
+        ax.set_xticks(list(DEPTHS))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, title="first experience", title_fontsize=7)
+    axes[0].set_ylabel("learning accuracy on B (%)")
+    fig.suptitle(heading)
+    return fig
+
+
+def figure7(clean: dict, noisy: dict, heading: str) -> Figure:
+    """Left: R[i, 0] of LR-k (c = 1), noisy solid and clean dashed. Middle and right: the noisy
+    stream's R[i, 0] and the first experience's forgetting R[0, 0] − R[i, 0], LR dashed, HN solid."""
+    fig = Figure(figsize=(13.0, 4.0), dpi=100, layout="constrained")
+    axes = fig.subplots(1, 3)
+    colors = _colors(10)
+    for method, r in sorted(noisy.items()):
+        x = np.arange(1, r.size + 1)
+        style = dict(color=_depth_color(method, colors), marker="o", markersize=3)
+        if method.startswith("LR"):
+            axes[0].plot(x, 100 * r, linestyle="-", label=f"{method}, noisy", **style)
+            if method in clean:
+                axes[0].plot(np.arange(1, clean[method].size + 1), 100 * clean[method], linestyle="--",
+                             label=f"{method}, clean", **style)
+        line = "-" if method.startswith("HN") else "--"
+        axes[1].plot(x, 100 * r, linestyle=line, label=method, **style)
+        axes[2].plot(x, 100 * (r[0] - r), linestyle=line, label=method, **style)
+    for ax, (name, y) in zip(axes, (("LR (c=1): noisy vs clean stream", "test accuracy of experience 1 (%)"),
+                                    ("noisy stream: LR vs HN", "test accuracy of experience 1 (%)"),
+                                    ("noisy stream: LR vs HN", "forgetting of experience 1 (%)"))):
+        ax.set_title(name)
+        ax.set_xlabel("after training experience")
+        ax.set_ylabel(y)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7)
+    fig.suptitle(heading)
+    return fig
+
+
+def figure11(curves: dict, heading: str, experiences: int = 8) -> Figure:
+    """Experiences 1..8 (as far as the stream goes), each panel R[i, j] over i: a color per HN-k,
+    solid with the look-ahead (first order), dashed without."""
+    n = min(experiences, min(R["first"].shape[0] for R in curves.values()))
+    cols = min(n, 4)
+    rows = -(-n // cols)
+    fig = Figure(figsize=(3.2 * cols + 1.5, 2.8 * rows + 0.6), dpi=100, layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, cols, sharey=True, squeeze=False)).ravel()
+    colors = _colors(10)
+    for j, ax in enumerate(axes[:n]):
+        for method, Rs in curves.items():
+            for order, line in (("first", "-"), ("none", "--")):
+                R = Rs[order]
+                ax.plot(np.arange(j, R.shape[0]) + 1, 100 * R[j:, j], linestyle=line, marker="o", markersize=2,
+                        color=_depth_color(method, colors), label=f"{method}, {'look-ahead' if order == 'first' else 'none'}")
+        ax.set_title(f"experience {j + 1}")
+        ax.set_xlabel("after training experience")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    for ax in axes[::cols]:
+        ax.set_ylabel("test accuracy (%)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", fontsize=7)
+    fig.suptitle(heading)
+    return fig
+
+
 def write_figures(groups, out_dir: Path) -> list[str]:
-    """Figures 8 and 12 of every stream with runs, as PNGs in `out_dir`; their Markdown lines."""
+    """Figures 4, 7, 8, 11 and 12 of every stream (or stream pair) with the runs they need, as PNGs in
+    `out_dir`; their Markdown lines."""
     lines = []
-    for stream in sorted({g["stream"] for g in groups}):
-        title = STREAM_TITLES.get(stream, stream)
+
+    def save(fig: Figure, name: str, alt: str) -> None:
+        report.save_png(fig, out_dir / name)
+        lines.extend([f"![{alt}]({name})", ""])
+
+    results = transfer_results(groups)
+    if results:
+        save(figure4(results, "Figure 4: learning accuracy on the second experience (B) after A, by freeze depth"),
+             "figure4_transfer.png", "Figure 4, transfer pairs")
+    for clean, noisy in CLEAN_NOISY:
+        noisy_curves = first_experience_curves(groups, noisy)
+        if noisy_curves:
+            save(figure7(first_experience_curves(groups, clean), noisy_curves,
+                         f"Figure 7: the first experience over the stream, {title(noisy)} (clean dashed)"),
+                 f"figure7_{noisy}.png", f"Figure 7, {title(noisy)}")
+    for stream in sorted({g["stream"] for g in groups} - {"transfer"}):
         acc = accuracy_curves(groups, stream)
-        report.save_png(figure8(acc, f"Figure 8: accuracy of experiences 1–3 over the stream, {title}"),
-                        out_dir / f"figure8_{stream}.png")
-        lines += [f"![Figure 8, {title}](figure8_{stream}.png)", ""]
+        save(figure8(acc, f"Figure 8: accuracy of experiences 1–3 over the stream, {title(stream)}"),
+             f"figure8_{stream}.png", f"Figure 8, {title(stream)}")
+        curves = lookahead_curves(groups, stream)
+        if curves:
+            save(figure11(curves, f"Figure 11: with and without the look-ahead, {title(stream)}"),
+                 f"figure11_{stream}.png", f"Figure 11, {title(stream)}")
         cos = cos_curves(groups, stream)
         if cos:
-            report.save_png(figure12(cos, f"Figure 12: cos(g1, g2) over training, {title}"),
-                            out_dir / f"figure12_{stream}.png")
-            lines += [f"![Figure 12, {title}](figure12_{stream}.png)", ""]
+            save(figure12(cos, f"Figure 12: cos(g1, g2) over training, {title(stream)}"),
+                 f"figure12_{stream}.png", f"Figure 12, {title(stream)}")
     return (["## Figures", ""] + lines) if lines else []
+
+
+def html_page(markdown: str, figures_dir: Path) -> str:
+    """The report as one self-contained HTML page: its Markdown rendered (CommonMark with tables) and
+    each figure embedded as a data URI."""
+    def embed(match) -> str:
+        png = (Path(figures_dir) / match[2]).read_bytes()
+        return f"![{match[1]}](data:image/png;base64,{base64.b64encode(png).decode()})"
+
+    body = markdown_it.MarkdownIt("commonmark").enable("table").render(
+        re.sub(r"!\[([^]]*)\]\(([^)]+\.png)\)", embed, markdown))
+    style = ("body{font-family:sans-serif;max-width:1400px;margin:2em auto;padding:0 1em}"
+             "table{border-collapse:collapse;font-size:13px;margin-bottom:1.5em}"
+             "th,td{border:1px solid #bbb;padding:3px 7px;text-align:right}th{background:#eee}"
+             "td:first-child,td:nth-child(2){text-align:left}img{max-width:100%}")
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>phn_jax report</title>"
+            f"<style>{style}</style></head><body>\n{body}</body></html>\n")
 
 
 def report_markdown(root: str | Path, paper_path: str | Path = PAPER_RESULTS, figures_dir: Path | None = None) -> str:
@@ -373,7 +586,7 @@ def report_markdown(root: str | Path, paper_path: str | Path = PAPER_RESULTS, fi
              "std over seeds (n); paper: Hemati et al. (CoLLAs 2023), `phn_jax/paper_results.csv`; Δ = ours − paper.",
              ""]
     lines += table1(groups, paper) + table2(groups, paper) + table45(groups, paper, 4) + table45(groups, paper, 5)
-    lines += table6(groups, paper) + all_configurations(groups)
+    lines += table6(groups, paper) + table_transfer(transfer_results(groups)) + all_configurations(groups)
     repeated = [str(d) for g in groups for d in g["repeated"]]
     if repeated:
         lines += ["Seeds run more than once count once, with their newest run; not counted: " + ", ".join(repeated), ""]
@@ -385,7 +598,8 @@ def report_markdown(root: str | Path, paper_path: str | Path = PAPER_RESULTS, fi
 def main(argv=None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", help="a directory of run directories (searched recursively)")
-    parser.add_argument("--out", default=None, help="the Markdown file (default: RUNS/report.md)")
+    parser.add_argument("--out", default=None, help="the Markdown file (default: RUNS/report.md; the HTML page "
+                        "beside it, report.html)")
     args = parser.parse_args(argv)
     if not Path(args.runs).is_dir():
         parser.error(f"{args.runs} is not a directory of runs")
@@ -393,7 +607,10 @@ def main(argv=None) -> Path:
     text = report_markdown(args.runs, figures_dir=out.parent)
     with report.atomic_open(out) as f:
         f.write(text)
+    with report.atomic_open(out.with_suffix(".html")) as f:
+        f.write(html_page(text, out.parent))
     print(text)
+    print(f"written: {out} and {out.with_suffix('.html')}")
     return out
 
 

@@ -158,6 +158,27 @@ def _csv_text(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+# Config fields that do not change a run's results: display, devices, how seeds share a program, checkpoints.
+NOT_RESULTS = ("seeds", "train.progress", "train.num_devices", "train.seed_axis", "checkpoint.max_to_keep",
+               "checkpoint.every_minutes")
+
+
+def results_fields(config: Any) -> dict:
+    """The fields of a config (a ConfigDict, or a run's config.json as a dict) that decide its results,
+    flat ({"strategy.freeze_depth": 3, ...}) and as JSON types, NOT_RESULTS left out: two runs with the
+    same are the same experiment."""
+    as_dict = config.to_dict() if hasattr(config, "to_dict") else config
+    plain = json.loads(json.dumps(M.jsonable(as_dict, default=repr)))
+
+    def flat(d: Mapping, prefix: str) -> dict:
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, Mapping) else {f"{prefix}{k}": v})
+        return out
+
+    return {k: v for k, v in flat(plain, "").items() if k not in NOT_RESULTS}
+
+
 def write_config(workdir: str | os.PathLike, config: Any) -> tuple[Path, Path]:
     """Write the resolved config as ``config.json`` and readable ``config.yaml``; return both paths.
 

@@ -151,6 +151,21 @@ def init_state(key, *, strategy, seed_axis):
     return over_seeds(strategy.init, seed_axis)(key)
 
 
+@partial(jax.jit, static_argnames=("strategy", "seed_axis"))
+def begin_experience(state, task_id, *, strategy, seed_axis):
+    """`strategy.begin_experience(state, task_id)` (over the seeds), compiled once per run: task_id
+    is traced, so every experience runs the same program."""
+    return over_seeds(lambda st: strategy.begin_experience(st, task_id), seed_axis)(state)
+
+
+@partial(jax.jit, static_argnames=("strategy", "spec", "seed_axis"))
+def end_experience(state, images, labels, tasks, num_valid, key, task_id, *, strategy, spec, seed_axis):
+    """`strategy.end_experience(state, task_id, TrainData(...))` (over the seeds), compiled once per
+    experience shape; the arrays as `train_epoch` takes them, `key` the experience's own."""
+    end = lambda st, x, y, t, n, k: strategy.end_experience(st, task_id, TrainData(x, y, t, n, spec, k))
+    return over_seeds(end, seed_axis)(state, images, labels, tasks, num_valid, key)
+
+
 @partial(jax.jit, static_argnames=("strategy", "spec", "batch_size", "first", "mesh", "seed_axis"), donate_argnums=(0,))
 def train_epoch(state, images, labels, tasks, num_valid, task_id, key, *, strategy, spec, batch_size, first, mesh,
                 seed_axis):
@@ -454,9 +469,15 @@ def _progress_from_json(s: Setup, saved) -> list[Progress]:
     return [Progress.from_json(d) for d in (saved if s.stacked else [saved])]
 
 
+@jax.jit
+def _first_seed(tree):
+    """Seed 0's slice of a stacked tree, as one program (not an eager slice per leaf)."""
+    return jax.tree_util.tree_map(lambda a: a[0], tree)
+
+
 def _memory(s: Setup, state) -> dict:
     """The strategy's memory figures (the same for every seed)."""
-    return s.strategy.memory(s.unstack(state)[0])
+    return s.strategy.memory(_first_seed(state) if s.stacked else state)
 
 
 class Events:
@@ -660,11 +681,9 @@ def run_stream(s: Setup, state, progress: list[Progress], ckpt: Checkpointer, lo
         arrays, spec = _train_arrays(s, t)
         tic = time.perf_counter() - progress[0].elapsed_s
         if progress[0].epoch == 0:  # (a checkpoint inside the experience holds the state after it)
-            state = runtime.replicate(over_seeds(lambda st: s.strategy.begin_experience(st, t), s.seed_axis)(state),
-                                      s.mesh)
+            state = runtime.replicate(begin_experience(state, t, strategy=s.strategy, seed_axis=s.seed_axis), s.mesh)
         state = train_epochs(s, state, progress, arrays, spec, k_train, ckpt)
-        end = lambda st, x, y, tasks, n, k: s.strategy.end_experience(st, t, TrainData(x, y, tasks, n, spec, k))
-        state = over_seeds(end, s.seed_axis)(state, *arrays, k_end)
+        state = end_experience(state, *arrays, k_end, t, strategy=s.strategy, spec=spec, seed_axis=s.seed_axis)
         evaluate_seen(s, state, progress, tests, k_eval)
         seconds = time.perf_counter() - tic
         for p in progress:

@@ -30,3 +30,24 @@ def test_cases_cover_every_depth_and_order():
     assert {"Naive", "EWC", "LR-3", "HN-3 experience 1, 8 seeds vmap"} <= set(names)
     with pytest.raises(SystemExit):
         bench.main(["--parts", "nothing"])
+
+
+def test_full_network_steps_over_the_pytorch_step_of_the_same_run():
+    timings = [_t("Naive", 600.0), _t("HN-0 experience 1", 500.0), _t("HN-3 first", 50.0),
+               _t(f"{bench.TORCH_STEP} (torch 2.13.0, 2 threads)", 200.0)]
+    r = bench.ratios(timings)
+    assert r == {"Naive / PyTorch plain step (time)": pytest.approx(3.0),
+                 "HN-0 experience 1 / PyTorch plain step (time)": pytest.approx(2.5)}
+    assert [name for name, _, _ in bench.cases(["torch"])] == list(bench.FULL_NETWORK)
+
+
+def test_pytorch_step_without_torch_says_how_to_install_it():
+    import importlib.util
+    import sys
+
+    if importlib.util.find_spec("torch") is not None:
+        pytest.skip("torch is installed in this environment")
+    with pytest.raises(RuntimeError, match="make bench-torch installs torch"):
+        bench.time_torch(sys.executable, steps=1)
+    with pytest.raises(SystemExit):
+        bench.main(["--parts", "torch", "--torch-python", "/nonexistent/python"])

@@ -1,5 +1,6 @@
 """Streams: catalogue streams under tfds.testing.mock_data, the embedded streams, configs, errors."""
 
+import itertools
 import json
 
 import numpy as np
@@ -106,8 +107,9 @@ def test_split_tinyimagenet_builds_under_mock_data():
     assert _build("split_tinyimagenet", seed=3).class_order != stream.class_order
 
 
-@pytest.mark.parametrize("pair", [("fashion_mnist", "gtsrb"), ("svhn_cropped", "cifar10"), ("cifar100", "cifar100")])
+@pytest.mark.parametrize("pair", list(itertools.permutations(TRANSFER_DATASETS, 2)) + [("cifar100", "cifar100")])
 def test_transfer_pairs_build_under_mock_data(pair):
+    """Every ordered pair of `make transfer` (and A = A, which takes disjoint classes)."""
     stream = _build("transfer", transfer_pair=pair, seed=0)
     assert [e.dataset for e in stream.experiences] == list(pair)
     assert [e.task_id for e in stream.experiences] == [0, 1]
@@ -120,9 +122,39 @@ def test_transfer_pairs_build_under_mock_data(pair):
         assert e.preprocess.augment == ("crop_flip" if e.dataset.startswith("cifar") else "none")
     if pair[0] == pair[1]:
         assert not set(stream.experiences[0].classes) & set(stream.experiences[1].classes)
-    again = _build("transfer", transfer_pair=pair, seed=0)
-    other = _build("transfer", transfer_pair=pair, seed=1)
+
+
+def test_transfer_classes_follow_the_seed():
+    pair = ("svhn_cropped", "cifar10")
+    stream, again, other = (_build("transfer", transfer_pair=pair, seed=s) for s in (0, 0, 1))
     assert again.class_order == stream.class_order != other.class_order
+
+
+@pytest.mark.parametrize("pair", [("digits", "synthetic"), ("synthetic", "digits")])
+def test_embedded_transfer_pairs_build_offline(pair):
+    """`make paper QUICK=1`'s pairs: no tfds data; 5 of 10 classes each, disjoint train and test images."""
+    config = default_data_config("transfer")
+    config.update(transfer_pair=pair, image_size=16)
+    stream = build_stream(config)
+    assert [e.dataset for e in stream.experiences] == list(pair) and stream.image_shape == (16, 16, 3)
+    for e in stream.experiences:
+        assert len(set(e.classes)) == 5 and set(e.classes) <= set(range(10))
+        assert set(e.train_labels.tolist()) == set(e.test_labels.tolist()) == set(range(5))
+        assert not {im.tobytes() for im in e.train_images} & {im.tobytes() for im in e.test_images}
+        scaled = e.train_images / 255.0  # (digits' statistics are those of all its training images)
+        assert e.preprocess.mean[0] == pytest.approx(scaled.mean(), abs=0.1) and e.preprocess.augment == "none"
+    assert build_stream(config).class_order == stream.class_order
+
+
+@pytest.mark.parametrize("name", ["noisy_digits", "clean_digits"])
+def test_noisy_and_clean_digits_share_classes_and_differ_in_transforms(name):
+    stream = build_stream(default_data_config(name))
+    split = build_stream(default_data_config("split_digits"))
+    _check_class_split(stream, 4, 2, 10, (16, 16, 3))
+    assert stream.class_order == split.class_order[:8]  # the same seeded order as Split-Digits
+    np.testing.assert_array_equal(stream.experiences[2].train_images, split.experiences[2].train_images)
+    want = ("none", "solarize", "blur", "autocontrast_gray_blur") if name == "noisy_digits" else ("none",) * 4
+    assert tuple(e.preprocess.noise for e in stream.experiences) == want
 
 
 def test_split_mnist_builds_under_mock_data():

@@ -108,3 +108,67 @@ def test_a_seed_run_twice_counts_once_with_its_newest_run(tmp_path):
     assert g["seeds"] == [0] and g["dirs"] == [tmp_path / "new"] and g["repeated"] == [tmp_path / "old"]
     assert g["aggregate"]["aca"]["mean"] == pytest.approx(0.6)
     assert f"not counted: {tmp_path / 'old'}" in paper.report_markdown(tmp_path)
+
+
+def _stream_run(root, directory, seed, R, data, **strategy):
+    """A constructed run of a stream other than Split-CIFAR100 (`data`: its data config fields)."""
+    c = base_config(data.pop("name"))
+    c.seed = seed
+    c.data.update(data)
+    c.strategy.update(**strategy)
+    report.write_config(root / directory, c)
+    report.write_metrics(root / directory, metrics.summarize(np.array(R, float), [60.0] * len(R), {}))
+
+
+def test_transfer_pairs_make_figure_4(tmp_path):
+    pair = dict(name="transfer", transfer_pair=("gtsrb", "cifar100"))
+    for seed, acc in ((0, 0.8), (1, 0.6)):  # LR-2 (c = 0): 70.0 ± 14.1 on B
+        _stream_run(tmp_path, f"lr2_c0_seed{seed}", seed, [[0.9, NAN], [0.9, acc]], dict(pair), name="lr",
+                    freeze_depth=2, replay_coef=0.0)
+    _stream_run(tmp_path, "hn0_seed0", 0, [[0.9, NAN], [0.9, 0.5]], dict(pair), name="hn", freeze_depth=0)
+    _stream_run(tmp_path, "other/hn0_seed0", 0, [[0.9, NAN], [0.9, 0.4]],
+                dict(name="transfer", transfer_pair=("cifar10", "cifar100")), name="hn", freeze_depth=0)
+    _stream_run(tmp_path, "lr2_c1_seed0", 0, [[0.9, NAN], [0.9, 0.1]], dict(pair), name="lr", freeze_depth=2)
+    results = paper.transfer_results(paper.group_runs(paper.find_runs(tmp_path)))
+    assert list(results) == [("cifar10", "cifar100"), ("gtsrb", "cifar100")]
+    lr = results[("gtsrb", "cifar100")]["LR (c=0)"]  # (LR with c = 1 is not Figure 4's)
+    assert lr[2]["mean"] == pytest.approx(70.0) and lr[2]["std"] == pytest.approx(100 * 0.2 / math.sqrt(2))
+    assert lr[2]["n"] == 2 and lr[0] is lr[1] is lr[3] is lr[4] is None
+    assert results[("gtsrb", "cifar100")]["HN"][0]["mean"] == pytest.approx(50.0)
+    md = paper.report_markdown(tmp_path, figures_dir=tmp_path)
+    assert "| gtsrb → cifar100 | LR (c=0) | — | — | 70.0 ± 14.1 (n=2) | — | — |" in md
+    assert "| cifar10 → cifar100 | HN | 40.0 (n=1) | — | — | — | — |" in md
+    assert "![Figure 4, transfer pairs](figure4_transfer.png)" in md
+    assert (tmp_path / "figure4_transfer.png").read_bytes()[:4] == b"\x89PNG"
+    assert "Table 2" not in md and "figure8_transfer" not in md  # transfer pairs are not a class-split stream
+
+
+def test_quick_streams_fill_tables_1_2_4_and_figures_7_11_without_paper_columns(tmp_path):
+    R2 = lambda a: [[a, NAN], [a - 0.1, a]]
+    # Split-Digits: HN-3 with and without the look-ahead, LR-3 (c = 1)
+    _stream_run(tmp_path, "d/hn3_first_seed0", 0, R2(0.9), dict(name="split_digits"), name="hn", freeze_depth=3)
+    _stream_run(tmp_path, "d/hn3_none_seed0", 0, R2(0.7), dict(name="split_digits"), name="hn", freeze_depth=3,
+                order="none")
+    _stream_run(tmp_path, "d/lr3_c1_seed0", 0, R2(0.8), dict(name="split_digits"), name="lr", freeze_depth=3)
+    # noisy and clean digits: LR-3 forgets more on the noisy stream
+    _stream_run(tmp_path, "n/lr3", 0, [[0.9, NAN], [0.5, 0.8]], dict(name="noisy_digits"), name="lr", freeze_depth=3)
+    _stream_run(tmp_path, "n/hn3", 0, [[0.9, NAN], [0.9, 0.7]], dict(name="noisy_digits"), name="hn", freeze_depth=3)
+    _stream_run(tmp_path, "c/lr3", 0, [[0.9, NAN], [0.8, 0.8]], dict(name="clean_digits"), name="lr", freeze_depth=3)
+    groups = paper.group_runs(paper.find_runs(tmp_path))
+    md = paper.report_markdown(tmp_path, figures_dir=tmp_path)
+    assert "## Table 2: Split-Digits\n\n| method | ours ACA (%) | ours forgetting (%) | ours time (min) |" in md
+    assert "| HN-3 | 85.0 (n=1) | 10.0 (n=1) | 2.0 (n=1) |" in md
+    assert "## Table 4: look-ahead vs none (Split-Digits)" in md and "| HN-3 | none | 65.0 (n=1) | 70.0 (n=1) |" in md
+    assert "Table 5" not in md  # no second-order run
+    assert "| Digits 4×2, noisy | LR-3 | 90.0 (n=1) | 80.0 (n=1) | — | — |" in md
+    np.testing.assert_allclose(paper.first_experience_curves(groups, "noisy_digits")["LR-3"], [0.9, 0.5])
+    np.testing.assert_allclose(paper.first_experience_curves(groups, "clean_digits")["LR-3"], [0.9, 0.8])
+    (curves,) = paper.lookahead_curves(groups, "split_digits").values()
+    np.testing.assert_allclose(curves["none"], [[0.7, np.nan], [0.6, 0.7]])
+    for name in ("figure7_noisy_digits.png", "figure8_split_digits.png", "figure11_split_digits.png"):
+        assert f"]({name})" in md and (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+    assert list(paper.accuracy_curves(groups, "split_digits")) == ["HN-3 order=first", "HN-3 order=none",
+                                                                     "LR-3 c=1"]
+    page = paper.html_page(md, tmp_path)
+    assert page.count("<table>") == md.count("\n## Table") + md.count("\n## Every") + md.count("\n## Figure 4")
+    assert page.count('src="data:image/png;base64,') == md.count("![") and ".png\"" not in page

@@ -19,7 +19,6 @@ from test_strategies_stream import REAL, STREAM, _first_moments
 from test_train import killed_after_checkpoint, tiny_config
 
 from phn_jax import checkpoint, metrics, report, runtime, train
-from phn_jax.strategies.base import TrainData
 
 pytestmark = pytest.mark.system
 
@@ -49,15 +48,15 @@ def _steps(s: train.Setup, state0, first_step: bool):
     spec = s.stream.experiences[0].preprocess
 
     def step(state, t):
-        state = train.over_seeds(lambda st: s.strategy.begin_experience(st, t), s.seed_axis)(rep(state))
+        state = train.begin_experience(rep(state), t, strategy=s.strategy, seed_axis=s.seed_axis)
         state, m = train.train_epoch(state, *arrays[t], t, key(10 + t), strategy=s.strategy, spec=spec,
                                      batch_size=s.config.train.batch_size, first=t == 0, mesh=s.mesh,
                                      seed_axis=s.seed_axis)
         return jax.device_get((state, m))
 
     step1 = step(state0, 0) if first_step else None
-    end = lambda st, x, y, tasks, n, k: s.strategy.end_experience(st, 0, TrainData(x, y, tasks, n, spec, k))
-    after1 = jax.device_get(train.over_seeds(end, s.seed_axis)(rep(state0), *arrays[0], key(20)))
+    after1 = jax.device_get(train.end_experience(rep(state0), *arrays[0], key(20), 0, strategy=s.strategy, spec=spec,
+                                                 seed_axis=s.seed_axis))
     step2 = step(after1, 1)
     exps = [stream.experiences[0] for stream in s.streams]
     x, y = rep(s.stack([(e.test_images, e.test_labels) for e in exps]))

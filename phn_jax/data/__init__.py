@@ -12,6 +12,7 @@ from phn_jax.data.streams import (
     Experience,
     Stream,
     build_stream,
+    check_datasets,
     default_data_config,
     seeded_class_order,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "Preprocess",
     "Stream",
     "build_stream",
+    "check_datasets",
     "default_data_config",
     "epoch_indices",
     "eval_indices",

@@ -2,24 +2,21 @@
 
   python -m phn_jax.data.prepare DATASET [--data_dir DIR] [--manual_dir DIR]
 
-Our builders (tiny_imagenet, gtsrb) read the official archives from the manual directory and
-need neither network nor TensorFlow. Catalogue datasets (cifar10, cifar100, mnist,
-fashion_mnist, svhn_cropped) are downloaded and prepared by tfds, whose builders for these
-datasets need TensorFlow at preparation time (they read with `tf.io.gfile` and encode images with
-`tf.image.encode_png`); reading them back never does. tfds takes an archive from the manual
-directory instead of downloading it when the file there has the name of the download.
+Nothing here needs TensorFlow. Our builders read the official files from the manual directory:
+tiny_imagenet and gtsrb (archives copied by hand), and the catalogue datasets cifar10, cifar100,
+mnist, fashion_mnist and svhn_cropped (`phn_jax.data.catalogue`: the official archives, downloaded
+into the manual directory when they are not there and the machine is online). Reading them back
+with `tfds.data_source` never imports TensorFlow either.
 """
-
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 
 import tensorflow_datasets as tfds
 
-from phn_jax.data import tfds_io
+from phn_jax.data import catalogue, tfds_io
 
 
 class PreparationError(RuntimeError):
@@ -35,19 +32,12 @@ def prepare(name: str, data_dir: str | None = None, manual_dir: str | None = Non
       manual_dir: directory with archives copied by hand (None: <data_dir>/downloads/manual).
 
     Raises:
-      PreparationError: TensorFlow missing for a catalogue dataset, archives missing for ours, or
-        the download failed.
+      PreparationError: the archives of tiny_imagenet or gtsrb are missing, or a download failed.
+      ValueError: a file is not in its official format.
     """
     spec = tfds_io.dataset_spec(name)
     data_dir = tfds_io.resolve_data_dir(data_dir)
     manual_dir = os.path.abspath(os.path.expanduser(manual_dir or os.path.join(data_dir, "downloads", "manual")))
-    if not spec.ours and importlib.util.find_spec("tensorflow") is None:
-        raise PreparationError(
-            f"preparing the tfds catalogue dataset {name!r} needs TensorFlow (tfds's builder reads "
-            "and encodes its images with it); install it into the environment "
-            "(.venv/bin/pip install tensorflow-cpu) or prepare it on another machine and copy "
-            f"{os.path.join(data_dir, name)} here. Reading it back does not need TensorFlow."
-        )
     if spec.ours and (not os.path.isdir(manual_dir) or not os.listdir(manual_dir)):
         raise PreparationError(
             f"{name!r} is prepared from the official archive(s) {', '.join(spec.archives)} (or their "
@@ -55,15 +45,19 @@ def prepare(name: str, data_dir: str | None = None, manual_dir: str | None = Non
             f"empty or missing. Then run: make data DATASET={name} MANUAL_DIR=<that directory>"
         )
     with tfds_io.contained_tempdirs():
-        builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
+        if name in catalogue.BUILDERS:
+            builder = catalogue.BUILDERS[name](data_dir=data_dir, file_format="array_record")
+        else:
+            builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
     try:
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
     except FileNotFoundError as error:
         raise PreparationError(f"cannot prepare {name!r}: {error}") from None
     except OSError as error:  # connection failures are OSErrors (requests, urllib, socket)
+        files = ", ".join(catalogue.FILES[name][1]) if name in catalogue.FILES else "its archive"
         raise PreparationError(
-            f"cannot download {name!r} ({type(error).__name__}: {error}). Without network, copy the "
-            f"archive tfds downloads into {manual_dir} under the name of its URL's file and rerun."
+            f"cannot download {name!r} ({type(error).__name__}: {error}). Without network, copy {files} "
+            f"into {manual_dir} and rerun."
         ) from None
     return os.fspath(builder.data_path)
 

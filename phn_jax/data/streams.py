@@ -12,11 +12,14 @@ Streams (DESIGN §4):
                       (none, solarize, blur, autocontrast→gray→blur); class order
                       `random.Random(seed).shuffle(list(range(100)))`.
   clean_cifar100      the same classes and order without the transforms.
-  transfer            2 experiences of 5 random classes: from dataset A, then from dataset B.
+  transfer            2 experiences of 5 random classes: from dataset A, then from dataset B
+                      (TRANSFER_DATASETS; "digits" and "synthetic" need no download).
   permuted_mnist      10 experiences of the 10 MNIST digits (zero-padded to 32×32), each with
                       its own seeded pixel permutation (the first is the identity by default).
   split_mnist         5 × 2 MNIST digits, 32×32.
   split_digits        5 × 2 of scikit-learn's 8×8 digits upscaled to 16×16; no download.
+  noisy_digits        4 × 2 of those digits with noisy_cifar100's transforms (`make paper QUICK=1`'s
+  clean_digits        twins of the noisy and clean CIFAR-100 streams); no download.
   synthetic           prototypes + noise, for unit tests (`phn_jax.data.synthetic`).
 Every class order is `random.Random(seed).shuffle(list(range(num_classes)))` unless the config
 gives `class_order` explicitly; experience t holds classes class_order[t·C:(t+1)·C].
@@ -35,6 +38,8 @@ from phn_jax.data import arrays, synthetic, tfds_io
 from phn_jax.data.transforms import NOISES, Preprocess
 
 TRANSFER_DATASETS = ("fashion_mnist", "svhn_cropped", "gtsrb", "cifar10", "cifar100")
+# Transfer datasets that ship with the code (no download): scikit-learn's digits, 10 synthetic classes.
+EMBEDDED_TRANSFER_DATASETS = ("digits", "synthetic")
 NOISY_CIFAR_NOISES = ("none", "solarize", "blur", "autocontrast_gray_blur")
 MNIST_SIZE = (32, 32)  # von Oswald et al. pad MNIST's 28×28 to 32×32
 
@@ -131,10 +136,12 @@ _DEFAULTS: dict[str, dict] = {
     "split_tinyimagenet": _class_split(20, 10),
     "noisy_cifar100": _class_split(4, 5, noise=NOISY_CIFAR_NOISES),
     "clean_cifar100": _class_split(4, 5, noise=("none",) * 4),
-    "transfer": dict(transfer_pair=("cifar10", "cifar100"), classes_per_experience=5),
+    "transfer": dict(transfer_pair=("cifar10", "cifar100"), classes_per_experience=5, image_size=32),
     "permuted_mnist": dict(num_experiences=10, permute_first=False),
     "split_mnist": _class_split(5, 2),
     "split_digits": _class_split(5, 2, image_size=16, test_fraction=0.25, split_seed=0),
+    "noisy_digits": _class_split(4, 2, image_size=16, test_fraction=0.25, split_seed=0, noise=NOISY_CIFAR_NOISES),
+    "clean_digits": _class_split(4, 2, image_size=16, test_fraction=0.25, split_seed=0, noise=("none",) * 4),
     "synthetic": dict(
         num_experiences=3,
         classes_per_experience=2,
@@ -163,9 +170,10 @@ def default_data_config(name: str) -> ml_collections.ConfigDict:
     split_digits and synthetic). The other fields are per stream:
       class-split streams: num_experiences, classes_per_experience, class_order (None: seeded).
       noisy_cifar100 / clean_cifar100: noise, one of transforms.NOISES per experience.
-      transfer: transfer_pair (A, B), classes_per_experience.
+      transfer: transfer_pair (A, B), classes_per_experience, image_size (the paper's 32).
       permuted_mnist: num_experiences, permute_first (False: experience 0 is plain MNIST).
       split_digits: image_size, test_fraction, split_seed (the stratified train/test split).
+      noisy_digits / clean_digits: split_digits' fields and noise.
       synthetic: num_experiences, classes_per_experience, train_per_class, test_per_class,
         image_size, channels, noise_std, conflict (see `phn_jax.data.synthetic`).
     """
@@ -321,10 +329,16 @@ def _single_dataset_class_split(dataset: str, augment: str, size=None) -> Callab
     return build
 
 
-def _noisy_cifar100(config) -> Stream:
-    noise = tuple(config.noise)
+def _noise(config) -> tuple[str, ...]:
+    """The stream's transform of each experience: `config.noise` (checked), or none."""
+    noise = tuple(config.get("noise", ("none",) * config.num_experiences))
     if len(noise) != config.num_experiences or not set(noise) <= set(NOISES):
         raise ValueError(f"noise must give one of {NOISES} per experience ({config.num_experiences}), got {noise}")
+    return noise
+
+
+def _noisy_cifar100(config) -> Stream:
+    noise = _noise(config)
     mean, std = _stats("cifar100", 3)
     return _class_split_stream(
         config,
@@ -381,9 +395,34 @@ def _permuted_mnist(config) -> Stream:
 
 def _transfer_pair(config) -> tuple[str, str]:
     pair = tuple(config.transfer_pair)
-    if len(pair) != 2 or not set(pair) <= set(TRANSFER_DATASETS):
-        raise ValueError(f"transfer_pair must be two of {TRANSFER_DATASETS}, got {pair}")
+    valid = TRANSFER_DATASETS + EMBEDDED_TRANSFER_DATASETS
+    if len(pair) != 2 or not set(pair) <= set(valid):
+        raise ValueError(f"transfer_pair must be two of {valid}, got {pair}")
     return pair
+
+
+def _pixel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean and std over every pixel of uint8 images scaled to [0, 1], as 3 channels."""
+    scaled = images / 255.0
+    return (float(scaled.mean()),) * 3, (float(scaled.std()),) * 3
+
+
+def _transfer_data(dataset: str, data_dir, size: int) -> tuple[tuple, tuple, tuple, tuple]:
+    """(train, test, mean, std) of a transfer dataset: (images uint8 [N, size, size, 3], labels) pairs
+    and its normalisation (a tfds dataset's statistics; an embedded one's pixel statistics)."""
+    if dataset == "digits":
+        train, test = _digits_arrays(size, test_fraction=0.25, split_seed=0)
+        mean, std = _pixel_stats(train[0])
+    elif dataset == "synthetic":  # one fixed set of 10 prototype classes (the seed draws the classes)
+        x_train, y_train, x_test, y_test = synthetic.synthetic_experiences(
+            1, 10, train_per_class=64, test_per_class=32, image_size=size, channels=3, noise_std=0.25,
+            conflict=False, seed=0)[0]
+        train, test = (x_train, y_train), (x_test, y_test)
+        mean, std = _pixel_stats(x_train)
+    else:
+        train, test = _read_train_test(dataset, data_dir, size=(size, size))
+        mean, std = _stats(dataset, 3)
+    return (arrays.with_channels(train[0], 3), train[1]), (arrays.with_channels(test[0], 3), test[1]), mean, std
 
 
 def _transfer(config) -> Stream:
@@ -394,53 +433,55 @@ def _transfer(config) -> Stream:
     orders = {}
     for dataset in pair:
         if dataset not in orders:
-            order = list(range(tfds_io.dataset_spec(dataset).num_classes))
+            num_classes = 10 if dataset in EMBEDDED_TRANSFER_DATASETS else tfds_io.dataset_spec(dataset).num_classes
+            order = list(range(num_classes))
             rng.shuffle(order)
             orders[dataset] = order
     # A == B takes the next C classes of the same order, so the two experiences stay disjoint.
     class_sets = [orders[pair[0]][:c], orders[pair[1]][c : 2 * c] if pair[0] == pair[1] else orders[pair[1]][:c]]
     if any(len(classes) < c for classes in class_sets):
         raise ValueError(f"classes_per_experience={c} is too many for the pair {pair}")
-    data = {}
-    for dataset in dict.fromkeys(pair):
-        (x_train, y_train), (x_test, y_test) = _read_train_test(dataset, config.data_dir, size=(32, 32))
-        data[dataset] = ((arrays.with_channels(x_train, 3), y_train), (arrays.with_channels(x_test, 3), y_test))
+    data = {dataset: _transfer_data(dataset, config.data_dir, config.image_size) for dataset in dict.fromkeys(pair)}
     experiences = []
     for t, (dataset, classes) in enumerate(zip(pair, class_sets)):
-        mean, std = _stats(dataset, 3)
+        train, test, mean, std = data[dataset]
         augment = "crop_flip" if dataset in ("cifar10", "cifar100") else "none"
         experiences.append(
             Experience(
                 task_id=t,
                 classes=tuple(classes),
                 dataset=dataset,
-                **_split_arrays(*data[dataset], classes, dataset),
+                **_split_arrays(train, test, classes, dataset),
                 preprocess=Preprocess(augment=augment, mean=mean, std=std, channels=3),
             )
         )
     return _stream(config, experiences, [k for e in experiences for k in e.classes])
 
 
-def _split_digits(config) -> Stream:
-    """scikit-learn's 1,797 8×8 digits (0..16) as uint8, resized to image_size², split stratified."""
+def _digits_arrays(image_size: int, test_fraction: float, split_seed: int) -> tuple[tuple, tuple]:
+    """scikit-learn's 1,797 8×8 digits (0..16) as uint8 [N, S, S, 1], resized to S = image_size,
+    split stratified into (train, test) (images, labels) pairs."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     digits = load_digits()
     images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
-    images = arrays.resize_bilinear(images, (config.image_size, config.image_size))
+    images = arrays.resize_bilinear(images, (image_size, image_size))
     labels = digits.target.astype(np.int32)
     train_idx, test_idx = train_test_split(
-        np.arange(labels.shape[0]),
-        test_size=config.test_fraction,
-        stratify=labels,
-        random_state=config.split_seed,
+        np.arange(labels.shape[0]), test_size=test_fraction, stratify=labels, random_state=split_seed
     )
-    train = (images[train_idx], labels[train_idx])
-    test = (images[test_idx], labels[test_idx])
-    scaled = train[0] / 255.0
-    pre = Preprocess(augment="none", mean=(float(scaled.mean()),) * 3, std=(float(scaled.std()),) * 3, channels=3)
-    return _class_split_stream(config, "digits", 10, lambda: (train, test), lambda t: pre)
+    return (images[train_idx], labels[train_idx]), (images[test_idx], labels[test_idx])
+
+
+def _split_digits(config) -> Stream:
+    """split_digits, noisy_digits, clean_digits: class splits of the digits, each experience with
+    its `noise` (none for split_digits)."""
+    noise = _noise(config)
+    train, test = _digits_arrays(config.image_size, config.test_fraction, config.split_seed)
+    mean, std = _pixel_stats(train[0])
+    return _class_split_stream(config, "digits", 10, lambda: (train, test),
+                               lambda t: Preprocess(augment="none", noise=noise[t], mean=mean, std=std, channels=3))
 
 
 def _synthetic(config) -> Stream:
@@ -491,6 +532,8 @@ _BUILDERS: dict[str, Callable[[ml_collections.ConfigDict], Stream]] = {
     "permuted_mnist": _permuted_mnist,
     "split_mnist": _split_mnist,
     "split_digits": _split_digits,
+    "noisy_digits": _split_digits,
+    "clean_digits": _split_digits,
     "synthetic": _synthetic,
 }
 
@@ -507,12 +550,19 @@ def build_stream(config: ml_collections.ConfigDict) -> Stream:
     if "name" in config:
         _check_name(config.name)
     config = _full_config(config)
-    tfds_io.require(_datasets_of(config), config.data_dir)
+    check_datasets(config)
     return _BUILDERS[config.name](config)
+
+
+def check_datasets(config: ml_collections.ConfigDict) -> None:
+    """Raises `tfds_io.DatasetNotFoundError` (naming each missing dataset and the command that
+    prepares it) unless every tfds dataset that stream `config` reads is in `config.data_dir`."""
+    config = _full_config(config if isinstance(config, ml_collections.ConfigDict) else ml_collections.ConfigDict(dict(config)))
+    tfds_io.require(_datasets_of(config), config.data_dir)
 
 
 def _datasets_of(config) -> tuple[str, ...]:
     """The tfds datasets stream `config.name` reads (checked before any is read)."""
     if config.name == "transfer":
-        return tuple(dict.fromkeys(_transfer_pair(config)))
+        return tuple(d for d in dict.fromkeys(_transfer_pair(config)) if d not in EMBEDDED_TRANSFER_DATASETS)
     return _DATASETS.get(config.name, ())

@@ -1,8 +1,9 @@
 """Reading image-classification datasets through `tfds.data_source` (array_record, no TensorFlow).
 
 `DATASETS` is the one table of every tfds dataset a stream reads: its splits, class count,
-normalisation statistics and whether it comes from the tfds catalogue or from one of our own
-builders (`tiny_imagenet`, `gtsrb`), which prepare the official archives from a manual directory.
+normalisation statistics and whether it is in the tfds catalogue (prepared by our builders of
+`phn_jax.data.catalogue`, which download the official files) or only ours (`tiny_imagenet`, `gtsrb`,
+prepared from archives copied by hand into a manual directory).
 
 Reading never imports TensorFlow: `tfds.data_source` reads array_record shards and decodes the
 images with PIL. A dataset that is not prepared in `data_dir` raises `DatasetNotFoundError`,
