@@ -53,16 +53,19 @@ SEED     ?= 0
 SEEDS    ?=
 EPOCHS   ?= 100
 REPLAY   ?= 1
-# Run names: hn<k>_<order>, lr<k>_c<replay coef>, naive, ewc, joint; then _seed<seed> (with SEEDS, each
-# seed's results in _seed<s> and the group's checkpoints, log and aggregate in _seeds<s1>-<s2>-...).
-NAME      = $(STRATEGY)$(if $(filter hn,$(STRATEGY)),$(FREEZE)_$(ORDER))$(if $(filter lr,$(STRATEGY)),$(FREEZE)_c$(REPLAY))_seed$(if $(SEEDS),{seed},$(SEED))
+# FROZEN_INIT=<run dir>: hn/lr with the stem and stages 1..k of that run (e.g. make pretrain's), frozen from the start
+FROZEN_INIT ?=
+# Run names: hn<k>_<order>, lr<k>_c<replay coef>, naive, ewc, joint; _pretrained with FROZEN_INIT; then _seed<seed>
+# (with SEEDS, each seed's results in _seed<s> and the group's checkpoints, log and aggregate in _seeds<s1>-<s2>-...).
+NAME      = $(STRATEGY)$(if $(filter hn,$(STRATEGY)),$(FREEZE)_$(ORDER))$(if $(filter lr,$(STRATEGY)),$(FREEZE)_c$(REPLAY))$(if $(FROZEN_INIT),_pretrained)_seed$(if $(SEEDS),{seed},$(SEED))
 # $(call run,<config file>,<workdir>)
 run       = $(if $(DATA_DIR),TFDS_DATA_DIR=$(DATA_DIR)) $(PY) -m phn_jax.main --config $(1) --workdir $(2) \
             $(if $(RESUME),--resume) --config.seed=$(SEED) --config.train.epochs=$(EPOCHS) --config.strategy.name=$(STRATEGY) \
             --config.strategy.freeze_depth=$(FREEZE) --config.strategy.order=$(ORDER) \
-            --config.strategy.replay_coef=$(REPLAY) $(if $(SEEDS),--config.seeds=$(SEEDS)) $(ARGS)
+            --config.strategy.replay_coef=$(REPLAY) $(if $(SEEDS),--config.seeds=$(SEEDS)) \
+            $(if $(FROZEN_INIT),--config.strategy.frozen_init=$(FROZEN_INIT)) $(ARGS)
 
-.PHONY: demo cifar100 tinyimagenet noisy ablation-order permuted-mnist split-mnist
+.PHONY: demo cifar100 tinyimagenet noisy ablation-order permuted-mnist split-mnist pretrain
 demo: $(STAMP) ## HN-k against fine-tuning on Split-Digits: offline, minutes on a laptop CPU; prints a table
 	$(PY) experiments/demo.py --workdir $(RUNS)/demo
 
@@ -74,6 +77,11 @@ tinyimagenet: $(STAMP) ## Split-TinyImageNet 20x10 (Table 2): same variables as 
 
 noisy: $(STAMP) ## Noisy-CIFAR100 4x5 (section 4.2, Table 1): same variables as cifar100; CLEAN=1: its clean twin (runs/clean)
 	$(call run,experiments/configs/$(if $(CLEAN),clean,noisy)_cifar100.py,$(RUNS)/$(if $(CLEAN),clean,noisy)/$(NAME))
+
+# The reference scripts' frozen part: a model trained on every task beforehand (their train_multitask.py).
+STREAM ?= cifar100
+pretrain: $(STAMP) ## multitask pretraining for FROZEN_INIT: Joint (every task's head, trained on the union of the experiences) on STREAM=cifar100|tinyimagenet|noisy|..., then e.g. make cifar100 FREEZE=3 FROZEN_INIT=runs/cifar100/joint_seed0
+	$(MAKE) --no-print-directory $(STREAM) STRATEGY=joint
 
 # von Oswald et al.'s MNIST streams: their settings in the config files; k = 0 (their whole network is
 # generated) and their iterations as epochs, unless given on the command line.

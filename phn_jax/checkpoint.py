@@ -45,6 +45,20 @@ def save(mngr: ocp.CheckpointManager, step: int, state, meta: dict) -> None:
     mngr.wait_until_finished()
 
 
+def read_latest(workdir: str | os.PathLike) -> tuple[int, dict, dict]:
+    """(step, state, meta) of the newest checkpoint of another run's `workdir`, read as saved (host
+    arrays, no template), without creating or changing anything there. CheckpointError if it has none."""
+    directory = Path(workdir).absolute() / CHECKPOINT_DIR
+    steps = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if directory.is_dir() else []
+    if not steps:
+        raise CheckpointError(f"{workdir} holds no checkpoint ({directory} is missing or empty): name the "
+                              "directory of a phn_jax run that finished at least one experience")
+    mngr = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
+    restored = mngr.restore(steps[-1], args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                                               meta=ocp.args.JsonRestore()))
+    return steps[-1], jax.device_get(restored["state"]), restored["meta"]
+
+
 def _config_diff(saved: dict, current: dict, prefix: str = "") -> list[str]:
     diffs = []
     for key in sorted(set(saved) | set(current)):

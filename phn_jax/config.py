@@ -59,6 +59,10 @@ def base_config(stream: str) -> ml_collections.ConfigDict:
         buffer_size=200,            # lr: samples in the class-balanced buffer, in total (TinyImageNet: 400)
         replay_batch_size=64,       # lr: buffer samples replayed per step
         replay_coef=1.0,            # lr: c in CE(current) + c·CE(replayed); 0: Naive with a frozen trunk
+        # hn, lr: "none" (the paper's text: stem + stages 1..k trained on experience 1, then frozen), or a phn_jax
+        # run directory (or one seed's of a multi-seed run) whose newest checkpoint gives them, frozen from the
+        # start, as the reference scripts load φ from a model trained beforehand (`make pretrain`: Joint)
+        frozen_init="none",
     ))
     c.optim = ml_collections.ConfigDict(dict(lr=1e-3, eps_root=0.0))
     # num_devices: the mesh's devices (0: every device of every process); batch sizes are global
@@ -190,7 +194,8 @@ RULES = (
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
-    """Checks every rule of RULES; ConfigError naming each bad value, what it must be and why."""
+    """Checks every rule of RULES, and that a frozen_init names a run directory for a strategy with a
+    frozen part (hn or lr at k ≥ 1); ConfigError naming each bad value, what it must be and why."""
     problems = []
     for field, (ok, must), why in RULES:
         node = config
@@ -198,6 +203,18 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
         if not ok(node):
             problems.append(f"{field}={node!r} must be {must} ({why})")
+    s = config.get("strategy", {})
+    frozen_init = s.get("frozen_init", "none")
+    if frozen_init != "none":
+        if s.get("name") not in ("hn", "lr") or not s.get("freeze_depth"):
+            problems.append(f"strategy.frozen_init={frozen_init!r} needs a frozen part: strategy hn or lr with "
+                            f"freeze_depth ≥ 1 (got {s.get('name')} at {s.get('freeze_depth')})")
+        elif config.get("model", {}).get("norm") != "reference":
+            problems.append(f"strategy.frozen_init={frozen_init!r} needs model.norm='reference' (the paper's): "
+                            "conventional BatchNorm's running statistics of the frozen part are not loaded with it")
+        elif not Path(str(frozen_init)).is_dir():
+            problems.append(f"strategy.frozen_init={frozen_init!r} must be 'none' or the directory of a finished "
+                            "phn_jax run (make pretrain writes one)")
     if problems:
         raise ConfigError("bad config: " + "; ".join(problems) + ". Change it in the config file or with "
                           "--config.<field>=<value> on the command line.")

@@ -97,12 +97,14 @@ def method_name(config: dict) -> str:
 
 
 def setting_name(config: dict) -> str:
-    """What the paper's tables vary within a method: HN's look-ahead order, LR's replay coefficient."""
+    """What the paper's tables vary within a method: HN's look-ahead order, LR's replay coefficient;
+    ", pretrained" where the frozen part came from strategy.frozen_init (the reference scripts' way)."""
     s = config["strategy"]
+    pretrained = ", pretrained" if s.get("frozen_init", "none") != "none" else ""  # (not the paper's setting)
     if s["name"] == "hn":
-        return f"order={s['order']}"
+        return f"order={s['order']}{pretrained}"
     if s["name"] == "lr":
-        return f"c={float(s['replay_coef']):g}"
+        return f"c={float(s['replay_coef']):g}{pretrained}"
     return ""
 
 

@@ -59,7 +59,8 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from phn_jax import checkpoint, data, metrics, report, rundir, runtime, task_inference
+from phn_jax import checkpoint, data, metrics, models, report, rundir, runtime, task_inference
+from phn_jax.checkpoint import CheckpointError
 from phn_jax.config import ConfigError, check_config, seed_configs
 from phn_jax.strategies import create_strategy
 from phn_jax.strategies.base import TrainData, masked_correct
@@ -144,7 +145,12 @@ def fold_in(key, i: int) -> jax.Array:
     return over_seeds(lambda k: jax.random.fold_in(k, i), "vmap" if key.ndim else None)(key)
 
 
-@partial(jax.jit, static_argnames=("strategy", "seed_axis"))
+# init_state runs once per run: compiled at LLVM optimisation level 1, which halves its compile time (its
+# random initialisers are slow to compile) and gives bit-identical values (tests/test_train.py checks).
+INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
+
+
+@partial(jax.jit, static_argnames=("strategy", "seed_axis"), compiler_options=INIT_COMPILER_OPTIONS)
 def init_state(key, *, strategy, seed_axis):
     """`strategy.init(key)` compiled once (eagerly, each parameter's initialiser compiles on its own);
     with a seed axis, one state per key of key [S], stacked."""
@@ -289,6 +295,16 @@ class Setup:
     @property
     def stacked(self) -> bool:
         return bool(self.config.seeds)
+
+    @property
+    def frozen_from_start(self) -> bool:
+        """strategy.frozen_init names a run: the frozen part is loaded, not trained on experience 1."""
+        return self.config.strategy.get("frozen_init", "none") != "none"
+
+    def first(self, t: int) -> bool:
+        """Whether experience t's step trains the frozen part too: the first experience, unless
+        the frozen part came from strategy.frozen_init (then every step freezes it)."""
+        return t == 0 and not self.frozen_from_start
 
     @property
     def seed_axis(self) -> str | None:
@@ -475,6 +491,48 @@ def _first_seed(tree):
     return jax.tree_util.tree_map(lambda a: a[0], tree)
 
 
+def load_frozen_part(source: str | Path, freeze_depth: int) -> dict:
+    """The stem and stages 1..k (k = freeze_depth) from the newest checkpoint of the phn_jax run in
+    `source`: an HN run's φ (frozen since its first experience), any other strategy's network
+    parameters (a Joint run: the multitask pretraining); one seed's directory of a multi-seed run
+    gives that seed's slice of its group's checkpoint. Host arrays, {module: params}. CheckpointError
+    if the run has no checkpoint, has not finished an experience, or lacks one of the modules."""
+    directory, index = Path(source), None
+    if (directory / GROUP_JSON).is_file():
+        group = json.loads((directory / GROUP_JSON).read_text())
+        directory, index = Path(group["workdir"]), list(group["seeds"]).index(group["seed"])
+    step, state, meta = checkpoint.read_latest(directory)
+    progress = meta["progress"]  # (one seed's, or a list of each seed's: `_progress_json`)
+    if (progress[0] if isinstance(progress, list) else progress)["experience"] < 1:
+        raise CheckpointError(f"the run in {directory} has not finished its first experience (checkpoint step "
+                              f"{step}): its frozen part is not trained yet")
+    params = state.get("phi", state.get("params", {}))
+    names = models.part_names(freeze_depth)[0]
+    missing = [n for n in names if n not in params]
+    if missing:
+        raise CheckpointError(f"the run in {directory} has no {', '.join(missing)} (it has {', '.join(sorted(params))}): "
+                              f"freeze depth {freeze_depth} needs a run that trained stem and stages 1..{freeze_depth} "
+                              "(an HN or LR run at a depth ≥ it, or Naive, EWC, Joint)")
+    part = {n: params[n] for n in names}
+    return part if index is None else jax.tree_util.tree_map(lambda a: a[index], part)
+
+
+def with_frozen_init(s: Setup, state):
+    """`state` with its frozen part (strategy.FROZEN_PARAMS' stem and stages 1..k) replaced by
+    `load_frozen_part(config.strategy.frozen_init)`, the same for every seed; the shapes must agree."""
+    k, where = s.config.strategy.freeze_depth, s.strategy.FROZEN_PARAMS
+    part = load_frozen_part(s.config.strategy.frozen_init, k)
+    if s.stacked:
+        part = jax.tree_util.tree_map(lambda a: np.broadcast_to(a, (len(s.seeds),) + a.shape), part)
+    current = {n: state[where][n] for n in part}
+    shapes = lambda tree: jax.tree_util.tree_map(lambda a: tuple(a.shape), tree)
+    if shapes(part) != shapes(current):
+        raise ConfigError(f"strategy.frozen_init={s.config.strategy.frozen_init!r}: its stem and stages 1..{k} "
+                          "have other shapes than this run's (model.nf, model.blocks_per_stage and the input "
+                          "channels must be the same)")
+    return {**state, where: {**state[where], **jax.tree_util.tree_map(jnp.asarray, part)}}
+
+
 def _memory(s: Setup, state) -> dict:
     """The strategy's memory figures (the same for every seed)."""
     return s.strategy.memory(_first_seed(state) if s.stacked else state)
@@ -596,7 +654,7 @@ def train_epochs(s: Setup, state, progress: list[Progress], arrays, spec, k_trai
         with _device_memory("train.batch_size", s.config.train.batch_size, "training"):
             state, step_metrics = train_epoch(
                 state, images, labels, tasks, n_valid, t, fold_in(k_train, epoch), strategy=s.strategy,
-                spec=spec, batch_size=s.config.train.batch_size, first=t == 0, mesh=s.mesh, seed_axis=s.seed_axis)
+                spec=spec, batch_size=s.config.train.batch_size, first=s.first(t), mesh=s.mesh, seed_axis=s.seed_axis)
             step_metrics = jax.device_get(step_metrics)  # waits for the epoch: its time is real
         seconds = time.perf_counter() - tic
         rows = [_epoch_row(t, epoch, m, seconds) for m in s.unstack(step_metrics)]
@@ -752,7 +810,10 @@ def train_and_evaluate(config, workdir: str | Path, *, resume: bool = False):
                                   "--resume (RESUME=1) to continue it, or choose another --workdir")
         config_json = metrics.jsonable(config.to_dict(), default=repr)
         k_init, _ = split_key(s.key())
-        state = runtime.replicate(init_state(k_init, strategy=s.strategy, seed_axis=s.seed_axis), s.mesh)
+        state = init_state(k_init, strategy=s.strategy, seed_axis=s.seed_axis)
+        if s.frozen_from_start:  # (a resumed run has it in its checkpoint: the restore overwrites it)
+            state = with_frozen_init(s, state)
+        state = runtime.replicate(state, s.mesh)
         progress = [Progress.start(s) for _ in s.seeds]
         # before the log is opened: a refused resume (another config) leaves the run directory as it was
         damaged = []

@@ -12,7 +12,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from phn_jax import checkpoint, data, main, report, train
-from phn_jax.config import base_config, load_config
+from phn_jax.config import ConfigError, base_config, check_config, load_config
 from phn_jax.strategies import create_strategy
 
 ROOT = Path(__file__).parent.parent
@@ -297,3 +297,37 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_results(hn_run, tmp_path,
     monkeypatch.setattr(report, "write_report", write)
     resumed = train.train_and_evaluate(tiny_config(), tmp_path, resume=True)
     assert resumed["accuracy_matrix"] == summary["accuracy_matrix"]
+
+
+def test_init_state_at_optimisation_level_1_equals_the_default_compile():
+    """init_state's cheaper compile (train.INIT_COMPILER_OPTIONS) gives the same bits as XLA's default
+    (its program is the hn_run fixture's, compiled already)."""
+    s = train.setup(tiny_config())
+    key, _ = train.split_key(s.key())
+    ours = train.init_state(key, strategy=s.strategy, seed_axis=None)
+    default = jax.jit(lambda k: s.strategy.init(k))(key)
+    chex.assert_trees_all_equal(ours, default)
+
+
+def test_frozen_init_loads_phi_and_never_trains_it(hn_run, tmp_path):
+    """strategy.frozen_init: φ (stem, stages 1..k) from another run, frozen from experience 1 on; the
+    reference scripts' model_checkpoint_path. HN from an HN run; LR's trunk from the same run."""
+    source, _ = hn_run
+    _, trained, _ = checkpoint.read_latest(source)
+    config = tiny_config(**{"train.epochs": 1, "strategy.frozen_init": str(source)})
+    train.train_and_evaluate(config, tmp_path / "hn")
+    chex.assert_trees_all_equal(checkpoint.read_latest(tmp_path / "hn")[1]["phi"], trained["phi"])
+    assert not train.setup(config).first(0)
+    lr = train.setup(tiny_config(**{"strategy.name": "lr", "strategy.frozen_init": str(source)}))
+    state = train.with_frozen_init(lr, train.init_state(train.split_key(lr.key())[0], strategy=lr.strategy,
+                                                        seed_axis=None))
+    chex.assert_trees_all_equal({n: state["params"][n] for n in trained["phi"]}, trained["phi"])
+    with pytest.raises(checkpoint.CheckpointError, match="no stage3"):
+        train.load_frozen_part(source, 3)  # HN-2's φ has no third stage
+    with pytest.raises(checkpoint.CheckpointError, match="holds no checkpoint"):
+        train.load_frozen_part(tmp_path, 2)
+    for bad, match in (({"strategy.name": "naive"}, "needs a frozen part"),
+                       ({"strategy.frozen_init": str(tmp_path / "nowhere")}, "must be 'none' or the directory"),
+                       ({"model.norm": "batchnorm"}, "needs model.norm='reference'")):
+        with pytest.raises(ConfigError, match=match):
+            check_config(tiny_config(**{"strategy.frozen_init": str(source), **bad}))

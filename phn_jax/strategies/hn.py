@@ -14,6 +14,7 @@ as Avalanche's `reset_optimizer` did for the reference code.
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 from functools import partial
 
 import jax
@@ -53,6 +54,8 @@ class HN:
     copy_embedding: bool = True
     input_shape: tuple[int, int, int] | None = None
     buffer_size: int = 200
+
+    FROZEN_PARAMS: ClassVar[str] = "phi"  # the state entry holding g_φ's modules (stem, stages 1..k)
 
     def __post_init__(self):
         if self.order not in lookahead.ORDERS:

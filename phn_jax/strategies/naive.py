@@ -38,6 +38,7 @@ class Naive:
     eps_root: float = 0.0
 
     cumulative: ClassVar[bool] = False  # Joint: train experience t on the union of experiences 0..t
+    FROZEN_PARAMS: ClassVar[str] = "params"  # the state entry holding the network (its stem, stages 1..k: LR-k's trunk)
 
     @property
     def num_tasks(self) -> int:
