@@ -29,12 +29,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import itertools
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
+import jax
 import ml_collections
 
 from phn_jax import config as config_lib
@@ -200,6 +202,10 @@ def run_queue(queue: list[Entry], *, list_only: bool = False, out=sys.stdout) ->
     for e in todo:
         print(f"[{queue.index(e) + 1}/{len(queue)}] {e.describe()}", file=out, flush=True)
         cli.run_or_exit(e.config, e.workdir, resume=True)
+        # The entry's compiled programs are not needed again: dropped, or their code's memory mappings (about
+        # 4,000 per configuration) would reach the kernel's limit (vm.max_map_count, 65,530) after ~15 of them.
+        jax.clear_caches()
+        gc.collect()
     return todo
 
 
