@@ -98,7 +98,7 @@ def _stderr_to(path: Path):
             os.close(saved)
 
 
-def _restore(mngr: ocp.CheckpointManager, step: int, abstract, config: dict, ignore: tuple[str, ...]):
+def _restore(mngr: ocp.CheckpointManager, step: int, abstract, config: dict, ignore: tuple[str, ...], complete):
     """(state, meta) of checkpoint `step`; _Damaged when it cannot be read, CheckpointError when it
     is of another config or format."""
     where = Path(mngr.directory) / str(step)
@@ -111,7 +111,7 @@ def _restore(mngr: ocp.CheckpointManager, step: int, abstract, config: dict, ign
     if meta.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"checkpoint {where} has format version {meta.get('format_version')!r}, "
                               f"this phn_jax writes {FORMAT_VERSION}: start a new --workdir")
-    diffs = [d for d in _config_diff(meta.get("config", {}), config) if not d.startswith(ignore)]
+    diffs = [d for d in _config_diff(complete(meta.get("config", {})), config) if not d.startswith(ignore)]
     if diffs:
         raise CheckpointError(f"checkpoint {where} belongs to a different config:\n  " + "\n  ".join(diffs) +
                               "\nResume with the config the run started with, or start a new --workdir.")
@@ -123,7 +123,7 @@ def _restore(mngr: ocp.CheckpointManager, step: int, abstract, config: dict, ign
 
 
 def restore_latest(mngr: ocp.CheckpointManager, abstract_state, config: dict, ignore: tuple[str, ...] = (),
-                   warn=None, move: bool = True):
+                   warn=None, move: bool = True, complete=lambda saved: saved):
     """(step, state, meta) of the newest intact checkpoint, or None if there is none.
 
     A damaged checkpoint (a truncated, garbled or missing file) is named in one sentence (given
@@ -131,7 +131,8 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state, config: dict, ig
     next newest is tried (`move=False`: not moved; the processes other than 0 of a multi-process
     run leave the moving to process 0). When none is intact, CheckpointError, and nothing is moved.
     Raises CheckpointError too if a checkpoint was written by a different config (fields listed
-    in `ignore`, e.g. the progress bar, may differ) or format.
+    in `ignore`, e.g. the progress bar, may differ; `complete` fills in the saved config's missing
+    fields first, e.g. `config.with_defaults`) or format.
     """
     steps = sorted(mngr.all_steps(), reverse=True)
     if not steps:
@@ -145,7 +146,7 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state, config: dict, ig
         errors = Path(mngr.directory) / str(step) / "restore_errors.txt" if move else Path(os.devnull)
         try:
             with _stderr_to(errors):
-                state, meta = _restore(mngr, step, abstract, config, ignore)
+                state, meta = _restore(mngr, step, abstract, config, ignore, complete)
         except _Damaged as err:
             damaged.append((step, str(err)))
             continue

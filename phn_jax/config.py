@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import json
 import math
 import numbers
 import os
@@ -76,6 +77,26 @@ def base_config(stream: str) -> ml_collections.ConfigDict:
     # a checkpoint after every experience, and between epochs every `every_minutes`
     c.checkpoint = ml_collections.ConfigDict(dict(max_to_keep=2, every_minutes=5.0))
     return c
+
+
+def with_defaults(saved: dict) -> dict:
+    """A run's saved config (its config.json, or a checkpoint's) with each field it lacks, a field added
+    to phn_jax after it was written, at its default (`base_config` of its stream). A new field's
+    default is what phn_jax did before the field existed, so the run is the same experiment as one
+    that sets the default: it resumes, and counts, as such."""
+    def fill(defaults: dict, into: dict) -> dict:
+        out = dict(into)
+        for key, value in defaults.items():
+            if key not in out:
+                out[key] = value
+            elif isinstance(value, dict) and isinstance(out[key], dict):
+                out[key] = fill(value, out[key])
+        return out
+
+    stream = saved.get("data", {}).get("name")
+    if stream not in STREAMS:
+        return saved
+    return fill(json.loads(json.dumps(base_config(stream).to_dict())), saved)
 
 
 def digits_config(stream: str = "split_digits") -> ml_collections.ConfigDict:

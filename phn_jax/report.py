@@ -44,6 +44,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from phn_jax import metrics as M
+from phn_jax.config import with_defaults
 
 __all__ = [
     "ACCURACY_CSV",
@@ -164,10 +165,10 @@ NOT_RESULTS = ("seeds", "train.progress", "train.num_devices", "train.seed_axis"
 
 
 def results_fields(config: Any) -> dict:
-    """The fields of a config (a ConfigDict, or a run's config.json as a dict) that decide its results,
-    flat ({"strategy.freeze_depth": 3, ...}) and as JSON types, NOT_RESULTS left out: two runs with the
-    same are the same experiment."""
-    as_dict = config.to_dict() if hasattr(config, "to_dict") else config
+    """The fields of a config (a ConfigDict, or a run's config.json as a dict, completed by
+    `config.with_defaults`) that decide its results, flat ({"strategy.freeze_depth": 3, ...}) and as
+    JSON types, NOT_RESULTS left out: two runs with the same are the same experiment."""
+    as_dict = config.to_dict() if hasattr(config, "to_dict") else with_defaults(config)
     plain = json.loads(json.dumps(M.jsonable(as_dict, default=repr)))
 
     def flat(d: Mapping, prefix: str) -> dict:

@@ -61,7 +61,7 @@ from tqdm.auto import tqdm
 
 from phn_jax import checkpoint, data, metrics, models, report, rundir, runtime, task_inference
 from phn_jax.checkpoint import CheckpointError
-from phn_jax.config import ConfigError, check_config, seed_configs
+from phn_jax.config import ConfigError, check_config, seed_configs, with_defaults
 from phn_jax.strategies import create_strategy
 from phn_jax.strategies.base import TrainData, masked_correct
 
@@ -818,7 +818,7 @@ def train_and_evaluate(config, workdir: str | Path, *, resume: bool = False):
         # before the log is opened: a refused resume (another config) leaves the run directory as it was
         damaged = []
         restored = (checkpoint.restore_latest(mngr, state, config_json, RESUMABLE_FIELDS, warn=damaged.append,
-                                              move=main) if resume else None)
+                                              move=main, complete=with_defaults) if resume else None)
         with report.run_log(dirs.workdir, to_file=main) as log:
             topology = runtime.Topology.of(s.mesh)
             log.info("running on %s", topology.describe())

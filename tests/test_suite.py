@@ -126,3 +126,19 @@ def test_a_multi_seed_entry_uses_the_engines_directories(tmp_path):
     assert [d.name for d in e.dirs.results] == ["lr3_c1_seed4", "lr3_c1_seed5"]
     assert e.dirs.workdir.name == "lr3_c1_seeds4-5"
     assert json.loads(json.dumps(report.results_fields(e.config)))["strategy.replay_coef"] == 1.0
+
+
+def test_a_run_from_before_a_new_config_field_counts_as_that_fields_default(tmp_path):
+    """config.with_defaults: a config.json without a field added later (here strategy.frozen_init and
+    data.image_size) is the same experiment as the entry with their defaults, and finished."""
+    e = suite.entry(tmp_path, "transfer", suite.Method("hn", 2), (0,), pair=("digits", "synthetic"))
+    _finish(e)
+    d = e.dirs.results[0]
+    old = json.loads((d / report.CONFIG_JSON).read_text())
+    del old["strategy"]["frozen_init"], old["data"]["image_size"]
+    (d / report.CONFIG_JSON).write_text(json.dumps(old))
+    assert suite.finished(e)
+    assert config_lib.with_defaults(old)["strategy"]["frozen_init"] == "none"
+    old["data"]["image_size"] = 16  # a value it did set is kept, and differs from the entry's
+    (d / report.CONFIG_JSON).write_text(json.dumps(old))
+    assert not suite.finished(e)
