@@ -409,6 +409,7 @@ def figure8(curves: dict[str, np.ndarray], title: str) -> Figure:
                         color=colors[c % len(colors)], label=label)
         ax.set_title(f"experience {j + 1}")
         ax.set_xlabel("after training experience")
+        ax.set_xlim(0.5, max((R.shape[0] for R in curves.values()), default=1) + 0.5)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("test accuracy (%)")
@@ -501,7 +502,8 @@ def figure7(clean: dict, noisy: dict, heading: str) -> Figure:
 def figure11(curves: dict, heading: str, experiences: int = 8) -> Figure:
     """Experiences 1..8 (as far as the stream goes), each panel R[i, j] over i: a color per HN-k,
     solid with the look-ahead (first order), dashed without."""
-    n = min(experiences, min(R["first"].shape[0] for R in curves.values()))
+    T = max(R["first"].shape[0] for R in curves.values())
+    n = min(experiences, T)
     cols = min(n, 4)
     rows = -(-n // cols)
     fig = Figure(figsize=(3.2 * cols + 1.5, 2.8 * rows + 0.6), dpi=100, layout="constrained")
@@ -515,6 +517,7 @@ def figure11(curves: dict, heading: str, experiences: int = 8) -> Figure:
                         color=_depth_color(method, colors), label=f"{method}, {'look-ahead' if order == 'first' else 'none'}")
         ax.set_title(f"experience {j + 1}")
         ax.set_xlabel("after training experience")
+        ax.set_xlim(0.5, T + 0.5)  # (the same stream axis in every panel, the last one's single point too)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     for ax in axes[n:]:
