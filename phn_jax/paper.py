@@ -485,9 +485,9 @@ def figure7(clean: dict, noisy: dict, heading: str) -> Figure:
         line = "-" if method.startswith("HN") else "--"
         axes[1].plot(x, 100 * r, linestyle=line, label=method, **style)
         axes[2].plot(x, 100 * (r[0] - r), linestyle=line, label=method, **style)
-    for ax, (name, y) in zip(axes, (("LR (c=1): noisy vs clean stream", "test accuracy of experience 1 (%)"),
-                                    ("noisy stream: LR vs HN", "test accuracy of experience 1 (%)"),
-                                    ("noisy stream: LR vs HN", "forgetting of experience 1 (%)"))):
+    for ax, (name, y) in zip(axes, (("LR (c=1): noisy solid, clean dashed", "test accuracy of experience 1 (%)"),
+                                    ("noisy stream: HN solid, LR dashed", "test accuracy of experience 1 (%)"),
+                                    ("noisy stream: HN solid, LR dashed", "forgetting of experience 1 (%)"))):
         ax.set_title(name)
         ax.set_xlabel("after training experience")
         ax.set_ylabel(y)
@@ -547,7 +547,7 @@ def write_figures(groups, out_dir: Path) -> list[str]:
         noisy_curves = first_experience_curves(groups, noisy)
         if noisy_curves:
             save(figure7(first_experience_curves(groups, clean), noisy_curves,
-                         f"Figure 7: the first experience over the stream, {title(noisy)} (clean dashed)"),
+                         f"Figure 7: the first experience over the stream, {title(noisy)}"),
                  f"figure7_{noisy}.png", f"Figure 7, {title(noisy)}")
     for stream in sorted({g["stream"] for g in groups} - {"transfer"}):
         acc = accuracy_curves(groups, stream)
