@@ -8,6 +8,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from phn_jax.data import DatasetNotFoundError, build_stream, default_data_config, tfds_io
+from phn_jax.data import streams
 from phn_jax.data.streams import STREAMS, TRANSFER_DATASETS
 
 # Enough mock examples that every class of every dataset occurs (mock labels are random but
@@ -107,8 +108,26 @@ def test_split_tinyimagenet_builds_under_mock_data():
     assert _build("split_tinyimagenet", seed=3).class_order != stream.class_order
 
 
+_MOCK_READS = {}
+
+
+@pytest.fixture
+def each_dataset_read_once(monkeypatch):
+    """The pair tests read each dataset's mock splits once (the same deterministic mock examples every
+    time), not once per pair: the 21 pairs build from 5 reads."""
+    read = streams._read_train_test
+
+    def cached(dataset, data_dir, size=None):
+        key = (dataset, data_dir, size)
+        if key not in _MOCK_READS:
+            _MOCK_READS[key] = read(dataset, data_dir, size)
+        return _MOCK_READS[key]
+
+    monkeypatch.setattr(streams, "_read_train_test", cached)
+
+
 @pytest.mark.parametrize("pair", list(itertools.permutations(TRANSFER_DATASETS, 2)) + [("cifar100", "cifar100")])
-def test_transfer_pairs_build_under_mock_data(pair):
+def test_transfer_pairs_build_under_mock_data(pair, each_dataset_read_once):
     """Every ordered pair of `make transfer` (and A = A, which takes disjoint classes)."""
     stream = _build("transfer", transfer_pair=pair, seed=0)
     assert [e.dataset for e in stream.experiences] == list(pair)
@@ -124,7 +143,7 @@ def test_transfer_pairs_build_under_mock_data(pair):
         assert not set(stream.experiences[0].classes) & set(stream.experiences[1].classes)
 
 
-def test_transfer_classes_follow_the_seed():
+def test_transfer_classes_follow_the_seed(each_dataset_read_once):
     pair = ("svhn_cropped", "cifar10")
     stream, again, other = (_build("transfer", transfer_pair=pair, seed=s) for s in (0, 0, 1))
     assert again.class_order == stream.class_order != other.class_order
