@@ -116,7 +116,7 @@ transfer: $(STAMP) ## section 4.1 / Figure 4: every pair A->B of 5 datasets x k=
 	$(call suite,transfer)
 	$(if $(LIST),,$(PY) -m phn_jax.paper $(PAPER_RUNS)/transfer)
 
-paper: $(STAMP) ## every run of the paper's tables and figures (queue order, resumable), then make report; QUICK=1: all of it on embedded streams, offline (runs/quick, about 35 min on 2 CPU cores); LIST=1 SEEDS= EPOCHS= PAIRS=
+paper: $(STAMP) ## every run of the paper's tables and figures (queue order, resumable), then make report; QUICK=1: all of it on embedded streams, offline (runs/quick, about 25 min on 2 CPU cores); LIST=1 SEEDS= EPOCHS= PAIRS=
 	$(call suite,paper)
 	$(if $(LIST),,$(PY) -m phn_jax.paper $(PAPER_RUNS))
 
