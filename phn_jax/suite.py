@@ -191,22 +191,24 @@ def finished(e: Entry) -> bool:
 def run_queue(queue: list[Entry], *, list_only: bool = False, out=sys.stdout) -> list[Entry]:
     """Runs every unfinished entry of `queue` in order (see the module's docstring); returns the entries
     it ran. `list_only`: prints the queue, each entry done or to run, and runs nothing."""
-    todo = [e for e in queue if not finished(e)]
+    todo = [(i, e) for i, e in enumerate(queue) if not finished(e)]  # (each entry's files read once)
     print(f"{len(queue)} configurations: {len(queue) - len(todo)} finished, {len(todo)} to run", file=out)
     if list_only:
+        to_run = {i for i, _ in todo}
         for i, e in enumerate(queue):
-            print(f"[{i + 1}/{len(queue)}] {'to run' if e in todo else 'done  '} {e.describe()}", file=out)
+            print(f"[{i + 1}/{len(queue)}] {'to run' if i in to_run else 'done  '} {e.describe()}", file=out)
         return []
-    for data in {json.dumps(e.config.data.to_dict(), sort_keys=True, default=list): e.config.data for e in todo}.values():
+    for data in {json.dumps(e.config.data.to_dict(), sort_keys=True, default=list): e.config.data
+                 for _, e in todo}.values():
         check_datasets(data)  # every dataset present before hours of training
-    for e in todo:
-        print(f"[{queue.index(e) + 1}/{len(queue)}] {e.describe()}", file=out, flush=True)
+    for i, e in todo:
+        print(f"[{i + 1}/{len(queue)}] {e.describe()}", file=out, flush=True)
         cli.run_or_exit(e.config, e.workdir, resume=True)
         # The entry's compiled programs are not needed again: dropped, or their code's memory mappings (about
         # 4,000 per configuration) would reach the kernel's limit (vm.max_map_count, 65,530) after ~15 of them.
         jax.clear_caches()
         gc.collect()
-    return todo
+    return [e for _, e in todo]
 
 
 def main(argv=None) -> int:
