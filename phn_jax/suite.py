@@ -43,7 +43,7 @@ from phn_jax import config as config_lib
 from phn_jax import main as cli
 from phn_jax import report, runtime, train
 from phn_jax.data import DatasetNotFoundError, check_datasets
-from phn_jax.data.streams import EMBEDDED_TRANSFER_DATASETS, TRANSFER_DATASETS
+from phn_jax.data.streams import TRANSFER_CHOICES, TRANSFER_DATASETS
 
 CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "configs"
 # stream -> (its config file, its directory under RUNS: the Makefile's)
@@ -137,11 +137,10 @@ def transfer_pairs(spec: str | None = None, quick: bool = False) -> list[tuple[s
     if spec is None:
         return list(QUICK_PAIRS) if quick else list(itertools.permutations(TRANSFER_DATASETS, 2))
     pairs = []
-    valid = TRANSFER_DATASETS + EMBEDDED_TRANSFER_DATASETS
     for item in spec.split(","):
         pair = tuple(item.split(":"))
-        if len(pair) != 2 or not set(pair) <= set(valid):
-            raise ValueError(f"--pairs: {item!r} is not A:B with A and B among {', '.join(valid)}")
+        if len(pair) != 2 or not set(pair) <= set(TRANSFER_CHOICES):
+            raise ValueError(f"--pairs: {item!r} is not A:B with A and B among {', '.join(TRANSFER_CHOICES)}")
         pairs.append(pair)
     return pairs
 

@@ -40,6 +40,7 @@ from phn_jax.data.transforms import NOISES, Preprocess
 TRANSFER_DATASETS = ("fashion_mnist", "svhn_cropped", "gtsrb", "cifar10", "cifar100")
 # Transfer datasets that ship with the code (no download): scikit-learn's digits, 10 synthetic classes.
 EMBEDDED_TRANSFER_DATASETS = ("digits", "synthetic")
+TRANSFER_CHOICES = TRANSFER_DATASETS + EMBEDDED_TRANSFER_DATASETS  # what a transfer_pair may name
 NOISY_CIFAR_NOISES = ("none", "solarize", "blur", "autocontrast_gray_blur")
 MNIST_SIZE = (32, 32)  # von Oswald et al. pad MNIST's 28×28 to 32×32
 
@@ -395,9 +396,8 @@ def _permuted_mnist(config) -> Stream:
 
 def _transfer_pair(config) -> tuple[str, str]:
     pair = tuple(config.transfer_pair)
-    valid = TRANSFER_DATASETS + EMBEDDED_TRANSFER_DATASETS
-    if len(pair) != 2 or not set(pair) <= set(valid):
-        raise ValueError(f"transfer_pair must be two of {valid}, got {pair}")
+    if len(pair) != 2 or not set(pair) <= set(TRANSFER_CHOICES):
+        raise ValueError(f"transfer_pair must be two of {TRANSFER_CHOICES}, got {pair}")
     return pair
 
 
