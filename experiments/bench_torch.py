@@ -7,7 +7,8 @@ JAX nor phn_jax. The network is the paper's (Lopez-Paz & Ranzato's slim ResNet-1
 convolution of nf = 20 channels, BatchNorm and ReLU, four stages of two BasicBlocks (nf, 2nf, 4nf,
 8nf channels; strides 1, 2, 2, 2), a 4×4 average pool and a linear layer of 10 outputs. One step
 is what a plain training loop does: forward, cross-entropy, backward, Adam (lr 1e-3), on a batch
-of 64 random 32×32×3 images in float32, with torch's default CPU threads. Prints, and writes with
+of 64 random 32×32×3 images in float32, on the GPU when torch sees one (each step timed to its end:
+torch.cuda.synchronize), else on the CPU with torch's default threads. Prints, and writes with
 --json, ms per step (median, min, max over --steps steps after 2 warm-up steps) and images/s.
 """
 from __future__ import annotations
@@ -64,10 +65,12 @@ class SlimResNet18(nn.Module):
 
 def time_steps(steps: int) -> dict:
     torch.manual_seed(0)
-    model = SlimResNet18()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    model = SlimResNet18().to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    x = torch.randn(BATCH, 3, 32, 32)
-    y = torch.randint(0, 10, (BATCH,))
+    x = torch.randn(BATCH, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (BATCH,), device=device)
     times = []
     for _ in range(steps + 2):
         tic = time.perf_counter()
@@ -75,12 +78,14 @@ def time_steps(steps: int) -> dict:
         loss = F.cross_entropy(model(x), y)
         loss.backward()
         opt.step()
+        sync()
         times.append(time.perf_counter() - tic)
     times = times[2:]
     med = statistics.median(times)
     return {"name": "PyTorch plain step (slim ResNet-18)", "ms_median": 1e3 * med, "ms_min": 1e3 * min(times),
             "ms_max": 1e3 * max(times), "images_per_s": BATCH / med, "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine()}
+            "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+            "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu"}
 
 
 def main() -> None:
@@ -89,7 +94,7 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args()
     result = time_steps(args.steps)
-    print(f"{result['name']}: {result['ms_median']:.1f} ms/step (torch {result['torch']}, "
+    print(f"{result['name']}: {result['ms_median']:.1f} ms/step (torch {result['torch']}, {result['device']}, "
           f"{result['threads']} threads)", flush=True)
     if args.json:
         with open(args.json, "w") as f:

@@ -2,6 +2,7 @@
 
     python -m phn_jax.bench [--parts steps,seeds,eval] [--out runs/bench] [--steps 20]
     python -m phn_jax.bench --parts torch --torch-python .venv-torch/bin/python    (`make bench-torch`)
+    python -m phn_jax.bench --parts run [--run-epochs 2]                           (`make bench PARTS=run`)
 
 Every figure is measured in this one run, on this machine, so the ratios it prints (second over
 first order, S seeds over one) compare like with like; machines are noisy: compare ratios and
@@ -12,7 +13,7 @@ and the strategy's step inside jit, exactly as a run calls it), on a synthetic s
 paper's shapes: 20 experiences of 5 classes, 32×32×3 uint8 images, batch 64, slim ResNet-18
 (nf = 20), 10 outputs per head. Look-ahead steps are experience 2's (t = 1; the regulariser costs
 the same at every t ≥ 1: it generates the weights of every task); the experience-1 step (t = 0)
-trains the whole network.
+trains the whole network. Training images get Split-CIFAR100's augmentation (random crop and flip).
 
 For each program: ms per step (median, min, max over `--steps` steps after two warm-up steps),
 images/s (= seeds · batch / median step), GFLOP/s (XLA's cost analysis of the compiled program,
@@ -27,13 +28,20 @@ Parts:
   eval   evaluation of 20 tasks on their test sets (500 images each), as after the last experience
   torch  our full-network steps (Naive; the experience-1 step of HN-0 and HN-3), then a plain PyTorch
          step of the same slim ResNet-18 (`experiments/bench_torch.py`, run by --torch-python in its
-         own environment, right after ours): each of ours over PyTorch's time
+         own environment, right after ours, on the GPU when that torch sees one): each of ours over
+         PyTorch's time
+  run    a real run (`train.train_and_evaluate`, evaluation with task inference as `make cifar100`
+         does it) of HN-3 on Split-CIFAR100's sizes (20 × 5 classes, 500 training and 100 test
+         images per class) for --run-epochs epochs per experience, and from it the projected wall
+         time of `make cifar100 FREEZE=3` (100 epochs per experience; `projected_time`)
 
-Writes `bench.json` and `bench.md` (the same tables) under --out.
+Steps, seeds and eval are the default parts. Writes `bench.json` and `bench.md` (the same tables)
+under --out, again after each program, so an interrupted bench keeps what it measured.
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import json
 import platform
@@ -52,7 +60,9 @@ from phn_jax import metrics, report, runtime, train
 
 BATCH = 64
 TASKS = 20
-PARTS = ("steps", "seeds", "eval", "torch")
+PAPER_EPOCHS = 100     # the paper's epochs per experience (`make cifar100`)
+PARTS = ("steps", "seeds", "eval", "torch", "run")
+DEFAULT_PARTS = ("steps", "seeds", "eval")
 TORCH_SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "bench_torch.py"
 TORCH_STEP = "PyTorch plain step"
 FULL_NETWORK = ("Naive", "HN-0 experience 1", "HN-3 experience 1")  # our steps that train the whole network
@@ -63,7 +73,7 @@ def bench_config(strategy: str = "hn", freeze_depth: int = 3, order: str = "firs
     """The paper's Split-CIFAR100 shapes on the synthetic stream (no dataset needed)."""
     c = config_lib.base_config("synthetic")
     c.data.update(num_experiences=TASKS, classes_per_experience=5, train_per_class=BATCH // 5 + 1,
-                  test_per_class=100, image_size=32, conflict=False)
+                  test_per_class=100, image_size=32, conflict=False, augment="crop_flip")
     c.strategy.update(name=strategy, freeze_depth=freeze_depth, order=order)
     c.train.update(batch_size=BATCH, eval_batch_size=256, progress=False, num_devices=1, seed_axis=seed_axis)
     c.seeds = tuple(seeds)
@@ -178,8 +188,54 @@ def time_torch(python: str, steps: int) -> Timing:
             raise RuntimeError(f"{TORCH_SCRIPT.name} failed under {python} (make bench-torch installs torch into "
                                f".venv-torch):\n{done.stderr[-2000:]}")
         r = json.loads(out.read_text())
-    name = f"{TORCH_STEP} (torch {r['torch']}, {r['threads']} threads)"
+    where = r.get("device", "cpu")
+    name = f"{TORCH_STEP} (torch {r['torch']}, " + (f"{r['threads']} threads)" if where == "cpu" else f"{where})")
     return Timing(name, 1, r["ms_median"], r["ms_min"], r["ms_max"], r["images_per_s"], None, None, 0.0, 0.0)
+
+
+def cifar100_config(epochs: int):
+    """`make cifar100 FREEZE=3`'s run (HN-3, first order, evaluation with task inference, a checkpoint
+    after each experience) on synthetic images of Split-CIFAR100's sizes: 20 experiences of 5 classes,
+    500 training and 100 test images per class, 32×32×3; `epochs` epochs per experience."""
+    c = bench_config("hn", 3)
+    c.data.train_per_class = 500
+    c.train.epochs = epochs
+    return c
+
+
+def projected_time(history: list[dict], times_s: list[float], epochs: int) -> float:
+    """Seconds of a run at `epochs` epochs per experience, from the same run measured at fewer:
+
+        Σ_t [ T_t + (epochs − E_t) · m_t ]
+
+    T_t: experience t's measured wall time (its epochs, evaluation and checkpoint; times_s[t]),
+    E_t: its epochs run, m_t: the median time of its epochs after the first (the first compiles).
+    history: the run's epoch rows (train_history.csv: experience, epoch, time_s)."""
+    total = 0.0
+    for t, measured in enumerate(times_s):
+        rows = [float(r["time_s"]) for r in history if int(r["experience"]) == t]
+        if len(rows) < 2:
+            raise ValueError(f"experience {t + 1} ran {len(rows)} epoch(s): a projection needs ≥ 2 (the first "
+                             "compiles); pass --run-epochs 2 or more")
+        total += measured + (epochs - len(rows)) * statistics.median(rows[1:])
+    return total
+
+
+def time_run(epochs: int) -> dict:
+    """A run of `cifar100_config(epochs)` in a temporary directory: its wall time, and the projected
+    wall time of `make cifar100 FREEZE=3` (PAPER_EPOCHS epochs per experience) from it."""
+    config = cifar100_config(epochs)
+    with tempfile.TemporaryDirectory() as tmp:
+        tic = time.perf_counter()
+        summary = train.train_and_evaluate(config, tmp, resume=False)
+        measured = time.perf_counter() - tic
+        with open(Path(tmp) / "train_history.csv", newline="") as f:
+            history = list(csv.DictReader(f))
+    times = summary["per_experience"]["time_s"]
+    return {"program": f"make cifar100 FREEZE=3 on synthetic images of its sizes, {epochs} epochs per experience",
+            "run_epochs": epochs, "measured_s": measured, "aca": summary["aca"],
+            "projected_epochs": PAPER_EPOCHS, "projected_s": (measured - sum(times)) + projected_time(
+                history, times, PAPER_EPOCHS)}
 
 
 def _timing(name, seeds, times, compiled, cold, warm, images, flops_per_call: int = 1) -> Timing:
@@ -232,7 +288,7 @@ def ratios(timings: list[Timing]) -> dict[str, float]:
     return out
 
 
-def markdown(timings: list[Timing], ratio: dict[str, float], machine: dict) -> str:
+def markdown(timings: list[Timing], ratio: dict[str, float], machine: dict, run: dict | None = None) -> str:
     fmt = lambda v, d=1: "n/a" if v is None else f"{v:.{d}f}"
     lines = [f"# phn_jax bench: {machine['platform']} ({machine['device']}), {machine['cpu']}, jax {machine['jax']}",
              "", f"Batch {BATCH} of 32×32×3, slim ResNet-18 (nf 20), {TASKS} tasks; medians over the steps timed.", "",
@@ -244,16 +300,34 @@ def markdown(timings: list[Timing], ratio: dict[str, float], machine: dict) -> s
                      f"{fmt(t.compile_cold_s)} / {fmt(t.compile_warm_s)} |")
     if ratio:
         lines += ["", "| ratio (same run) | value |", "|---|---|"] + [f"| {k} | {v:.2f} |" for k, v in ratio.items()]
+    if run:
+        lines += ["", f"Projected wall time of `make cifar100 FREEZE=3` ({TASKS} × {run['projected_epochs']} epochs): "
+                  f"**{run['projected_s'] / 60:.1f} min**, from a run of {run['program']} that took "
+                  f"{run['measured_s']:.0f} s (ACA {run['aca']:.3f})."]
     return "\n".join(lines) + "\n"
+
+
+def write(out: Path, timings: list[Timing], machine: dict, run: dict | None = None) -> str:
+    """bench.json and bench.md under `out` with what is measured so far; returns the markdown."""
+    ratio = ratios(timings)
+    result = {"machine": machine, "timings": [dataclasses.asdict(t) for t in timings], "ratios": ratio,
+              "projected_time": run}
+    report.write_json(out / "bench.json", result)
+    text = markdown(timings, ratio, machine, run)
+    with report.atomic_open(out / "bench.md") as f:
+        f.write(text)
+    return text
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--parts", default=",".join(PARTS), help="comma-separated: " + ", ".join(PARTS))
+    parser.add_argument("--parts", default=",".join(DEFAULT_PARTS), help="comma-separated: " + ", ".join(PARTS))
     parser.add_argument("--out", default="runs/bench")
     parser.add_argument("--steps", type=int, default=20, help="steps timed per program (after 2 warm-up)")
     parser.add_argument("--torch-python", default=".venv-torch/bin/python",
                         help="the part torch: the Python with torch installed (make bench-torch makes .venv-torch)")
+    parser.add_argument("--run-epochs", type=int, default=2,
+                        help="the part run: epochs per experience of the run the projection is made from (≥ 2)")
     args = parser.parse_args(argv)
     parts = args.parts.split(",")
     unknown = set(parts) - set(PARTS)
@@ -261,6 +335,8 @@ def main(argv=None) -> dict:
         parser.error(f"unknown part(s) {sorted(unknown)}: choose from {', '.join(PARTS)}")
     if "torch" in parts and not Path(args.torch_python).is_file():
         parser.error(f"--torch-python {args.torch_python} does not exist: `make bench-torch` installs it")
+    if "run" in parts and args.run_epochs < 2:
+        parser.error(f"--run-epochs {args.run_epochs}: the projection needs ≥ 2 epochs (the first compiles)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cache_dir = out / "xla-cache"
@@ -271,24 +347,23 @@ def main(argv=None) -> dict:
     dev = jax.devices()[0]
     machine = {"platform": dev.platform, "device": dev.device_kind, "cpu": platform.processor() or platform.machine(),
                "jax": jax.__version__}
-    timings = []
+    timings, run = [], None
     for name, config, t in cases(parts):
         timings.append(time_step(name, config, t, args.steps))
         print(f"{name}: {timings[-1].ms_median:.1f} ms/step, {timings[-1].images_per_s:.0f} images/s", flush=True)
+        write(out, timings, machine)
     if "eval" in parts:
         timings.append(time_eval(f"evaluation of {TASKS} tasks (HN-3)", bench_config("hn", 3), args.steps))
+        write(out, timings, machine)
     if "torch" in parts:
         timings.append(time_torch(args.torch_python, args.steps))
         print(f"{timings[-1].name}: {timings[-1].ms_median:.1f} ms/step", flush=True)
+        write(out, timings, machine)
+    if "run" in parts:
+        run = time_run(args.run_epochs)
     shutil.rmtree(cache_dir, ignore_errors=True)
-    ratio = ratios(timings)
-    result = {"machine": machine, "timings": [dataclasses.asdict(t) for t in timings], "ratios": ratio}
-    report.write_json(out / "bench.json", result)
-    text = markdown(timings, ratio, machine)
-    with report.atomic_open(out / "bench.md") as f:
-        f.write(text)
-    print(text)
-    return result
+    print(write(out, timings, machine, run))
+    return json.loads((out / "bench.json").read_text())
 
 
 if __name__ == "__main__":

@@ -51,3 +51,20 @@ def test_pytorch_step_without_torch_says_how_to_install_it():
         bench.time_torch(sys.executable, steps=1)
     with pytest.raises(SystemExit):
         bench.main(["--parts", "torch", "--torch-python", "/nonexistent/python"])
+
+
+def test_projected_time_from_a_shorter_run():
+    # two experiences of 3 epochs; the first epoch of each compiles and is left out of m_t
+    history = [{"experience": "0", "epoch": "0", "time_s": "9.0"}, {"experience": "0", "epoch": "1", "time_s": "2.0"},
+               {"experience": "0", "epoch": "2", "time_s": "4.0"}, {"experience": "1", "epoch": "0", "time_s": "5.0"},
+               {"experience": "1", "epoch": "1", "time_s": "1.0"}, {"experience": "1", "epoch": "2", "time_s": "1.0"}]
+    # T_0 = 20 (15 s of epochs + 5 s evaluation), m_0 = 3; T_1 = 10, m_1 = 1; 100 epochs: 97 more each
+    assert bench.projected_time(history, [20.0, 10.0], 100) == pytest.approx(20 + 97 * 3 + 10 + 97 * 1)
+    with pytest.raises(ValueError, match="needs ≥ 2"):
+        bench.projected_time(history[:1], [12.0], 100)
+    run = {"program": "x", "run_epochs": 3, "measured_s": 31.0, "aca": 0.5, "projected_epochs": 100,
+           "projected_s": 600.0}
+    md = bench.markdown([], {}, {"platform": "gpu", "device": "H200", "cpu": "x86_64", "jax": "0"}, run)
+    assert "(20 × 100 epochs): **10.0 min**" in md
+    with pytest.raises(SystemExit):
+        bench.main(["--parts", "run", "--run-epochs", "1"])

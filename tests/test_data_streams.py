@@ -252,6 +252,9 @@ def test_synthetic_stream_is_learnable_and_conflicting():
     assert (nearest == i1.test_labels + 2).mean() > 0.95  # task 1's inputs are task 1's own
     config.conflict = True
     np.testing.assert_array_equal(build_stream(config).experiences[2].train_images, stream.experiences[2].train_images)
+    assert {e.preprocess.augment for e in stream.experiences} == {"none"}
+    config.augment = "crop_flip"  # the bench's Split-CIFAR100 augmentation
+    assert {e.preprocess.augment for e in build_stream(config).experiences} == {"crop_flip"}
 
 
 def test_config_errors_are_clear():

@@ -152,6 +152,7 @@ _DEFAULTS: dict[str, dict] = {
         channels=3,
         noise_std=0.25,
         conflict=True,
+        augment="none",  # or "crop_flip": Split-CIFAR100's training augmentation (the bench's CIFAR shapes)
     ),
 }
 
@@ -176,7 +177,8 @@ def default_data_config(name: str) -> ml_collections.ConfigDict:
       split_digits: image_size, test_fraction, split_seed (the stratified train/test split).
       noisy_digits / clean_digits: split_digits' fields and noise.
       synthetic: num_experiences, classes_per_experience, train_per_class, test_per_class,
-        image_size, channels, noise_std, conflict (see `phn_jax.data.synthetic`).
+        image_size, channels, noise_std, conflict (see `phn_jax.data.synthetic`), augment
+        (transforms.AUGMENTATIONS).
     """
     _check_name(name)
     return ml_collections.ConfigDict(dict(name=name, seed=0, data_dir=None, **_DEFAULTS[name]))
@@ -497,7 +499,7 @@ def _synthetic(config) -> Stream:
         seed=config.seed,
     )
     c = config.classes_per_experience
-    pre = Preprocess(augment="none", mean=(0.5,) * config.channels, std=(0.25,) * config.channels, channels=config.channels)
+    pre = Preprocess(augment=config.augment, mean=(0.5,) * config.channels, std=(0.25,) * config.channels, channels=config.channels)
     experiences = [
         Experience(
             task_id=t,
