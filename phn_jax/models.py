@@ -164,8 +164,9 @@ def conv(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
     Why a hand-written VJP: XLA:CPU runs the convolutions that JAX's own transpose rules emit
     (and any OHWI convolution) 5-20x slower inside a loop, such as the epoch's `lax.scan`, than
     outside one. Here every convolution, forward and backward, is an NHWC/HWIO one, and the
-    kernel gradient is one matmul per kernel tap. The VJP is written in JAX ops, so it can be
-    differentiated again (second-order look-ahead).
+    kernel gradient is one matmul per kernel tap. The three (`conv`, `conv_transpose`,
+    `_kernel_grad`) have VJPs written in each other, so the second-order look-ahead, which
+    differentiates the backward pass, stays on the same fast convolutions.
     """
     pad = kernel.shape[1] // 2
     return _hwio_conv(x, jnp.transpose(kernel, (1, 2, 3, 0)), stride, [(pad, pad)] * 2)
@@ -177,24 +178,69 @@ def _conv_fwd(x, kernel, stride):
 
 def _conv_bwd(stride, residuals, g):
     x, kernel = residuals
+    return conv_transpose(g, kernel, stride, x.shape[1:3]), _kernel_grad(x, g, kernel.shape[1:3], stride)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _kernel_grad(x, g, kernel_hw: tuple, stride: int):
+    """∂⟨g, conv(x, W, s)⟩/∂W, x [N,H,W,Cin], g [N,H',W',Cout] -> [Cout,kh,kw,Cin]:
+
+        dW[o, a, b, i] = Σ_{n,h,w} x_pad[n, h·s + a, w·s + b, i] · g[n, h, w, o]   (one matmul per tap)
+
+    Its own VJP is `conv_transpose` (w.r.t. x) and `conv` (w.r.t. g).
+    """
+    kh, kw = kernel_hw
+    pad = kh // 2
+    ho, wo = g.shape[1:3]
+    xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    span_h, span_w = (ho - 1) * stride + 1, (wo - 1) * stride + 1
+    return jnp.stack([jnp.stack([jnp.einsum("nhwi,nhwo->oi", xp[:, a:a + span_h:stride, b:b + span_w:stride], g)
+                                 for b in range(kw)], 1) for a in range(kh)], 1)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv_transpose(g: jax.Array, kernel: jax.Array, stride: int, in_hw: tuple) -> jax.Array:
+    """∂⟨g, conv(x, W, s)⟩/∂x: g [N,H',W',Cout], kernel [Cout,kh,kw,Cin] -> [N,H,W,Cin] (H, W = in_hw).
+
+        dx[n, p, q, i] = Σ_{h,w,o: h·s + a = p + pad, w·s + b = q + pad} g[n, h, w, o] · W[o, a, b, i]
+
+    computed as a convolution of g dilated by the stride with the spatially flipped kernel, its
+    in/out channels swapped. Its own VJP is `conv` (w.r.t. g) and `_kernel_grad` (w.r.t. W), so
+    differentiating the backward pass again emits no convolution of JAX's transpose rules.
+    """
     _, kh, kw, _ = kernel.shape
     pad = kh // 2
-    (h, w), (ho, wo) = x.shape[1:3], g.shape[1:3]
-    # dx: the transposed convolution = a convolution of g (dilated by the stride) with the
-    # spatially flipped kernel, its in/out channels swapped.
+    (h, w), (ho, wo) = in_hw, g.shape[1:3]
     flipped = jnp.transpose(kernel[:, ::-1, ::-1, :], (1, 2, 0, 3))  # [kh, kw, Cout, Cin]
     lo = kh - 1 - pad
     padding = [(lo, h + kh - 2 - (ho - 1) * stride - lo), (lo, w + kw - 2 - (wo - 1) * stride - lo)]
-    dx = _hwio_conv(g, flipped, 1, padding, lhs_dilation=(stride, stride))
-    # dW[o, a, b, i] = Σ_{n,h,w} x_pad[n, h·s + a, w·s + b, i] · g[n, h, w, o]
-    xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    span_h, span_w = (ho - 1) * stride + 1, (wo - 1) * stride + 1
-    dk = jnp.stack([jnp.stack([jnp.einsum("nhwi,nhwo->oi", xp[:, a:a + span_h:stride, b:b + span_w:stride], g)
-                               for b in range(kw)], 1) for a in range(kh)], 1)
-    return dx, dk
+    return _hwio_conv(g, flipped, 1, padding, lhs_dilation=(stride, stride))
+
+
+def _conv_transpose_fwd(g, kernel, stride, in_hw):
+    return conv_transpose(g, kernel, stride, in_hw), (g, kernel)
+
+
+def _conv_transpose_bwd(stride, in_hw, residuals, ct):
+    # ⟨ct, Tᵀ-conv(g, W)⟩ = ⟨conv(ct, W), g⟩: w.r.t. g a convolution of ct, w.r.t. W the kernel
+    # gradient with ct in the place of x
+    g, kernel = residuals
+    return conv(ct, kernel, stride), _kernel_grad(ct, g, kernel.shape[1:3], stride)
+
+
+def _kernel_grad_fwd(x, g, kernel_hw, stride):
+    return _kernel_grad(x, g, kernel_hw, stride), (x, g)
+
+
+def _kernel_grad_bwd(kernel_hw, stride, residuals, ct):
+    # ⟨ct, dW(x, g)⟩ = ⟨g, conv(x, ct)⟩ = ⟨x, conv_transpose(g, ct)⟩
+    x, g = residuals
+    return conv_transpose(g, ct, stride, x.shape[1:3]), conv(x, ct, stride)
 
 
 conv.defvjp(_conv_fwd, _conv_bwd)
+conv_transpose.defvjp(_conv_transpose_fwd, _conv_transpose_bwd)
+_kernel_grad.defvjp(_kernel_grad_fwd, _kernel_grad_bwd)
 
 
 def normalize(p: Params, stats: Params | None, x: jax.Array, mode: str, train: bool, mask: jax.Array | None = None):

@@ -144,6 +144,14 @@ def _check_conv_vjp(stride, size):
     ours = jax.vjp(lambda x, w: models.conv(x, w, stride), x, w)[1](cotangent)
     theirs = jax.vjp(reference, x, w)[1](cotangent)
     chex.assert_trees_all_close(ours, theirs, rtol=1e-10, atol=1e-10)
+    # the VJP of the VJP (what the second-order look-ahead differentiates): conv_transpose's and
+    # the kernel gradient's own hand-written VJPs against JAX's second derivative
+    backward = lambda conv_fn: lambda x, w, c: jax.vjp(conv_fn, x, w)[1](c)
+    outer = (jax.random.normal(jax.random.key(11), x.shape, jnp.float64),
+             jax.random.normal(jax.random.key(12), w.shape, jnp.float64))
+    ours2 = jax.vjp(backward(lambda x, w: models.conv(x, w, stride)), x, w, cotangent)[1](outer)
+    theirs2 = jax.vjp(backward(reference), x, w, cotangent)[1](outer)
+    chex.assert_trees_all_close(ours2, theirs2, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("bad", [-1, 5, 2.5, "3"])
