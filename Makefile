@@ -83,16 +83,17 @@ STREAM ?= cifar100
 pretrain: $(STAMP) ## multitask pretraining for FROZEN_INIT: Joint (every task's head, trained on the union of the experiences) on STREAM=cifar100|tinyimagenet|noisy|..., then e.g. make cifar100 FREEZE=3 FROZEN_INIT=runs/cifar100/joint_seed0
 	$(MAKE) --no-print-directory $(STREAM) STRATEGY=joint
 
-# von Oswald et al.'s MNIST streams: their settings in the config files; k = 0 (their whole network is
-# generated) and their iterations as epochs, unless given on the command line.
+# von Oswald et al.'s MNIST streams: their settings in the config files, their MLP target generated whole
+# (k = 0: FREEZE other than 0, or a STRATEGY other than hn, is a config error) and their iterations as
+# epochs, unless given on the command line.
 permuted-mnist split-mnist: FREEZE = 0
 permuted-mnist: EPOCHS = 11
 split-mnist: EPOCHS = 21
 
-permuted-mnist: $(STAMP) ## PermutedMNIST-10 (von Oswald et al.), chunked hypernetwork: same variables (FREEZE=0, EPOCHS=11)
+permuted-mnist: $(STAMP) ## PermutedMNIST-10 (von Oswald et al.): their 1024-1000-1000 MLP (a head per task) from a chunked hypernetwork, their settings; ORDER= SEED= SEEDS= EPOCHS=11
 	$(call run,experiments/configs/permuted_mnist.py,$(RUNS)/permuted_mnist/$(NAME))
 
-split-mnist: $(STAMP) ## SplitMNIST 5x2 (von Oswald et al.), chunked hypernetwork: same variables (FREEZE=0, EPOCHS=21)
+split-mnist: $(STAMP) ## SplitMNIST 5x2 (von Oswald et al.): their 784-400-400 MLP (a head per task) from a chunked hypernetwork, their settings; ORDER= SEED= SEEDS= EPOCHS=21
 	$(call run,experiments/configs/split_mnist.py,$(RUNS)/split_mnist/$(NAME))
 
 ablation-order: $(STAMP) ## Table 5: first- vs second-order look-ahead for k=0..4 on Split-CIFAR100, then the report of runs/cifar100

@@ -30,6 +30,8 @@ def base_config(stream: str) -> ml_collections.ConfigDict:
     c.data = default_data_config(stream)
     c.data.seed = c.get_ref("seed")
     c.model = ml_collections.ConfigDict(dict(
+        arch="resnet",     # resnet: the slim ResNet-18 (the paper's) | mlp: von Oswald et al.'s MLP (hn, k = 0)
+        hidden_dims=(400, 400),  # mlp: the hidden layers (ReLU, with biases); one head of num_classes per task
         nf=20,             # slim ResNet-18: 20/40/80/160 channels
         num_classes=10,    # outputs of each task head (the reference scripts use 10)
         norm="reference",  # 'reference' (batch stats frozen / per-sample generated) | 'batchnorm'
@@ -116,13 +118,17 @@ def smoke(c: ml_collections.ConfigDict, epochs: int = 1) -> ml_collections.Confi
     return c
 
 
-def von_oswald_hnet(c: ml_collections.ConfigDict, *, beta: float, lr: float, epochs: int,
-                    **chunked) -> ml_collections.ConfigDict:
+def von_oswald_hnet(c: ml_collections.ConfigDict, *, beta: float, lr: float, epochs: int, mlp: tuple[int, ...],
+                    image_size: int, **chunked) -> ml_collections.ConfigDict:
     """von Oswald et al.'s (ICLR 2020) HNET recipe on `c`, as their reference code runs it on MNIST:
-    a chunked hypernetwork (`chunked`: its hnet fields) generating the whole network (k = 0), the
-    look-ahead through Adam's step at first order, only the current task embedding trained, a new
-    embedding drawn fresh (not copied), batch 128; their β, lr and iterations (as epochs)."""
-    c.hnet.update(kind="chunked", **chunked)
+    their target, a multi-head MLP with hidden layers `mlp` (ReLU, biases) on the flattened image
+    (MNIST zero-padded to `image_size`, one channel, pixels in [0, 1]); a chunked hypernetwork
+    (`chunked`: its hnet fields) generating all of it, biases included (k = 0); the look-ahead
+    through Adam's step at first order, only the current task embedding trained, a new embedding
+    drawn fresh (not copied), batch 128; their β, lr and iterations (as epochs)."""
+    c.model.update(arch="mlp", hidden_dims=tuple(mlp))
+    c.data.update(image_size=image_size, channels=1, normalize=False)
+    c.hnet.update(kind="chunked", vectors_as_tables=False, **chunked)
     c.strategy.update(freeze_depth=0, beta=beta, order="first", lookahead_step="optimizer",
                       train_old_embeddings=False, copy_embedding=False)
     c.optim.lr = lr
@@ -170,10 +176,11 @@ def _seeds():
     return ok, "distinct integers ≥ 0, e.g. --config.seeds=0,1,2"
 
 
-def _blocks():
-    ok = lambda v: (isinstance(v, tuple) and len(v) == 4
+def _positive_ints(count: int | None, must: str):
+    """A tuple of integers ≥ 1: `count` of them, or (None) one or more."""
+    ok = lambda v: (isinstance(v, tuple) and (len(v) == count if count else len(v) >= 1)
                     and all(isinstance(b, numbers.Integral) and not isinstance(b, bool) and b >= 1 for b in v))
-    return ok, "four integers ≥ 1"
+    return ok, must
 
 
 def _number(low, strict):
@@ -194,6 +201,9 @@ RULES = (
     ("strategy.reg_reduce", _one_of(lookahead.REG_REDUCES), "the regulariser over previous tasks: mean (reference "
      "code) or sum (the paper's Eq. 7)"),
     ("model.norm", _one_of(models.NORM_MODES), "reference: the reference code's normalisation"),
+    ("model.arch", _one_of(models.ARCHS), "resnet: the paper's slim ResNet-18; mlp: von Oswald et al.'s MLP"),
+    ("model.hidden_dims", _positive_ints(None, "one or more integers ≥ 1, e.g. "
+                                                               "--config.model.hidden_dims=400,400"), "the MLP's hidden layers (model.arch=mlp)"),
     ("hnet.kind", _one_of(hypernetwork.HNET_KINDS), "heads: the paper's per-tensor heads; chunked: von Oswald et al."),
     ("strategy.freeze_depth", _integer(0, 4), "k frozen residual stages: 0 generates the whole network (HN-F), "
      "4 only the classifier"),
@@ -206,7 +216,7 @@ RULES = (
     ("strategy.beta", _number(0, strict=False), "β of the output regulariser (the paper: 0.5; 0 turns it off)"),
     ("model.nf", _integer(1), "the slim ResNet's width (the paper: 20)"),
     ("model.num_classes", _integer(1), "outputs of each task head"),
-    ("model.blocks_per_stage", _blocks(), "the BasicBlocks of each of the four stages (the paper: 2,2,2,2)"),
+    ("model.blocks_per_stage", _positive_ints(4, "four integers ≥ 1"), "the BasicBlocks of each of the four stages (the paper: 2,2,2,2)"),
     ("checkpoint.max_to_keep", _integer(1), "checkpoints kept; a run needs at least its latest to resume"),
     ("checkpoint.every_minutes", _number(0, strict=True), "minutes between checkpoints inside an experience"),
     ("seed", _integer(0), "the run's seed"),
@@ -215,8 +225,9 @@ RULES = (
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
-    """Checks every rule of RULES, and that a frozen_init names a run directory for a strategy with a
-    frozen part (hn or lr at k ≥ 1); ConfigError naming each bad value, what it must be and why."""
+    """Checks every rule of RULES, that the MLP target (model.arch=mlp) runs with hn at k = 0, and that
+    a frozen_init names a run directory for a strategy with a frozen part (hn or lr at k ≥ 1);
+    ConfigError naming each bad value, what it must be and why."""
     problems = []
     for field, (ok, must), why in RULES:
         node = config
@@ -225,6 +236,14 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         if not ok(node):
             problems.append(f"{field}={node!r} must be {must} ({why})")
     s = config.get("strategy", {})
+    if config.get("model", {}).get("arch") == "mlp":
+        if s.get("name") != "hn":
+            problems.append(f"model.arch='mlp' runs with strategy hn only (got {s.get('name')!r}): the baselines "
+                            "use the multi-head ResNet; set --config.model.arch=resnet for them")
+        if s.get("freeze_depth") != 0:
+            problems.append(f"model.arch='mlp' has no frozen part: the hypernetwork generates every layer, so "
+                            f"strategy.freeze_depth must be 0 (got {s.get('freeze_depth')!r}); drop FREEZE= (or set "
+                            "FREEZE=0), or use --config.model.arch=resnet for a frozen trunk")
     frozen_init = s.get("frozen_init", "none")
     if frozen_init != "none":
         if s.get("name") not in ("hn", "lr") or not s.get("freeze_depth"):

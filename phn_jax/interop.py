@@ -91,6 +91,9 @@ def _swap_columns(a: np.ndarray, rows: int, cols: int) -> np.ndarray:
 
 
 def _check(model: PartialHypernetwork) -> Hypernetwork:
+    if model.is_mlp:
+        raise ValueError("the reference implementation's target is the slim ResNet-18: an MLP-target model "
+                         "(model.arch='mlp') has no counterpart there to convert to")
     if not isinstance(model.hnet, Hypernetwork):
         raise ValueError("the reference implementation has per-tensor heads only: convert a model with "
                          "hnet.kind='heads'")
@@ -105,9 +108,9 @@ def _shapes(cfg: models.ResNetConfig) -> dict:
 
 def _heads(model: PartialHypernetwork):
     """(head index, our path, PyTorch name, shape in our layout) of each generated tensor."""
-    shapes = _shapes(model.resnet)
+    shapes = _shapes(model.net)
     stateless = models.part_names(model.freeze_depth)[1]
-    return [(i, path, name, shapes[path]) for i, (path, name) in enumerate(torch_names(model.resnet, stateless))]
+    return [(i, path, name, shapes[path]) for i, (path, name) in enumerate(torch_names(model.net, stateless))]
 
 
 def to_reference(phi, psi, model: PartialHypernetwork) -> dict[str, np.ndarray]:
@@ -115,7 +118,7 @@ def to_reference(phi, psi, model: PartialHypernetwork) -> dict[str, np.ndarray]:
     hnet = _check(model)
     frozen, _ = models.part_names(model.freeze_depth)
     flat_phi = traverse_util.flatten_dict(phi)
-    out = {SF + name: _to_torch(path, np.asarray(flat_phi[path])) for path, name in torch_names(model.resnet, frozen)}
+    out = {SF + name: _to_torch(path, np.asarray(flat_phi[path])) for path, name in torch_names(model.net, frozen)}
     out[WG + "embedding.weight"] = np.asarray(psi["embeddings"])
     for j, layer in zip((0, 2), psi["mlp"]):
         out[f"{WG}layers.{j}.weight"] = np.asarray(layer["kernel"]).T
@@ -156,9 +159,9 @@ def from_reference(state_dict, model: PartialHypernetwork) -> tuple[dict, dict]:
         return sd[key]
 
     frozen, _ = models.part_names(model.freeze_depth)
-    shapes = _shapes(model.resnet)
+    shapes = _shapes(model.net)
     phi = {path: _from_torch(path, get(SF + name, _to_torch(path, np.zeros(shapes[path])).shape))
-           for path, name in torch_names(model.resnet, frozen)}
+           for path, name in torch_names(model.net, frozen)}
     e, dims = hnet.embedding_dim, (hnet.embedding_dim,) + hnet.hidden_dims
     psi = {"embeddings": get(WG + "embedding.weight", (hnet.num_tasks, e)),
            "mlp": [{"kernel": get(f"{WG}layers.{j}.weight", (b, a)).T, "bias": get(f"{WG}layers.{j}.bias", (b,))}

@@ -1,4 +1,5 @@
-"""The slim ResNet-18 of the GEM paper (nf=20) over explicit parameter pytrees, cut at freeze depth k.
+"""The target networks over explicit parameter pytrees: the slim ResNet-18 of the GEM paper (nf=20),
+cut at freeze depth k, and von Oswald et al.'s fully connected network (`MLPConfig`, end of file).
 
 Layout: images NHWC, conv kernels OHWI (output channel first, so that the hypernetwork's
 channel-wise generation of DESIGN §2 is a plain reshape: row i of a generated kernel is output
@@ -39,6 +40,7 @@ Params = dict[str, Any]
 
 STAGES = ("stage1", "stage2", "stage3", "stage4")
 NORM_MODES = ("reference", "batchnorm")
+ARCHS = ("resnet", "mlp")  # config.model.arch
 BN_EPS = 1e-5
 BN_MOMENTUM = 0.1
 
@@ -354,3 +356,62 @@ def apply(params: Params, x: jax.Array, cfg: ResNetConfig = ResNetConfig(), *, t
     """The uncut model f(x) with one norm mode everywhere (default conventional BatchNorm)."""
     names = ("stem",) + STAGES + ("classifier",)
     return run_modules(params, x, names, cfg, norm_mode, train, stats, mask)
+
+
+# ----------------------------------------------------------------------------------------------
+# von Oswald et al.'s fully connected target network
+
+
+@dataclasses.dataclass(frozen=True)
+class MLPConfig:
+    """Static description of the multi-head MLP of von Oswald et al. (ICLR 2020) on MNIST (their
+    `mnets.mlp.MLP`: ReLU hidden layers with biases, no normalisation, no dropout).
+
+    in_features: D_0, the flattened input H·W·C (784 for 28×28×1, 1024 for 32×32×1).
+    hidden_dims: D_1..D_{L-1} (PermutedMNIST 1000-1000, SplitMNIST 400-400).
+    num_classes: C, the outputs of one task head; num_heads: the task heads (one per task), so
+    that the last layer has C·num_heads outputs and head t is outputs t·C..(t+1)·C−1 (their CL1).
+    """
+
+    in_features: int = 784
+    hidden_dims: tuple[int, ...] = (400, 400)
+    num_classes: int = 10
+    num_heads: int = 1
+
+    def layers(self) -> tuple[tuple[str, int, int], ...]:
+        """(name, D_in, D_out) of every layer, input to output: 'fc1'..'fc{L-1}', then 'classifier'.
+        The one description of the network's parameters: `init_mlp` and `mlp_apply` read it."""
+        dims = (self.in_features, *self.hidden_dims, self.num_classes * self.num_heads)
+        names = [f"fc{i + 1}" for i in range(len(self.hidden_dims))] + ["classifier"]
+        return tuple(zip(names, dims[:-1], dims[1:]))
+
+
+def init_mlp(key: jax.Array, cfg: MLPConfig) -> Params:
+    """{name: {'kernel': [D_in, D_out], 'bias': [D_out]}} for every layer of `cfg.layers()`,
+    PyTorch's nn.Linear init (only the shapes matter when a hypernetwork generates them)."""
+    layers = cfg.layers()
+    return {name: init_linear(k, d_in, d_out)
+            for k, (name, d_in, d_out) in zip(jax.random.split(key, len(layers)), layers)}
+
+
+def mlp_apply(params: Params, x: jax.Array, cfg: MLPConfig, head: jax.Array | int | None = None) -> jax.Array:
+    """x [N, H, W, C] (or [N, D_0]) -> logits of task head `head`, [N, C] (head None: all heads,
+    [N, C·num_heads]).
+
+        h_0 = flatten(x) ∈ R^{D_0}  (row-major over H, W, C)
+        h_l = ReLU(h_{l-1} W_l + b_l),  l = 1..L−1
+        y   = h_{L-1} W_L + b_L ∈ R^{C·num_heads},   logits = y[t·C : (t+1)·C]
+
+    `head` may be a traced integer (task inference runs every head under vmap).
+    """
+    h = x.reshape(x.shape[0], -1)
+    if h.shape[1] != cfg.in_features:
+        raise ValueError(f"the MLP takes {cfg.in_features} input values per sample, got {h.shape[1]} "
+                         f"(input shape {x.shape[1:]})")
+    *hidden, (last, _, _) = cfg.layers()
+    for name, _, _ in hidden:
+        h = jax.nn.relu(h @ params[name]["kernel"] + params[name]["bias"])
+    y = h @ params[last]["kernel"] + params[last]["bias"]
+    if head is None:
+        return y
+    return jax.lax.dynamic_slice_in_dim(y, head * cfg.num_classes, cfg.num_classes, axis=1)

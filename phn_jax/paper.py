@@ -13,10 +13,13 @@ paper's tables use the defaults (first order, c = 1) except where a table compar
 
 `paper_results.csv` holds the published numbers (Hemati et al., CoLLAs 2023, Tables 1, 2, 4, 5, 6),
 typed from the paper's text, one row per cell: table, the paper's row label, stream, method,
-setting, metric, mean, std, unit, note (the printed value where it is a typo).
+setting, metric, mean, std, unit, note (the printed value where it is a typo). Rows of table `vo1`
+are von Oswald et al.'s (ICLR 2020) Table 1: HNET's task-incremental (CL1) accuracy on
+PermutedMNIST-10 and SplitMNIST, the method "HNET" (runs of their MLP target, model.arch=mlp).
 
 Tables written (where runs exist): 1 (learning accuracy per experience, clean vs noisy), 2 (ACA,
-forgetting, time), 4 (look-ahead vs none), 5 (first vs second order), 6 (memory), Figure 4's data
+forgetting, time), 4 (look-ahead vs none), 5 (first vs second order), 6 (memory), von Oswald et al.'s
+Table 1 (HNET on PermutedMNIST-10 / SplitMNIST: CL1, and ours with the task inferred), Figure 4's data
 (transfer pairs), and every configuration found. Tables 2, 4, 5, 6 cover Split-CIFAR100 and
 Split-TinyImageNet, then any other class-split stream with runs (Split-Digits of `make paper
 QUICK=1`); Table 1 the clean/noisy CIFAR-100 pair and its digits twin. Each cell: ours, and where the
@@ -55,6 +58,8 @@ STREAM_TITLES = {"split_cifar100": "Split-CIFAR100", "split_tinyimagenet": "Spli
                  "transfer": "transfer pairs"}
 # Table 1 and Figure 7: (clean, noisy) twins; the paper's, then `make paper QUICK=1`'s
 CLEAN_NOISY = (("clean_cifar100", "noisy_cifar100"), ("clean_digits", "noisy_digits"))
+VON_OSWALD_STREAMS = ("permuted_mnist", "split_mnist")  # von Oswald et al.'s Table 1 (paper_results table vo1)
+STREAM_TITLES.update(permuted_mnist="PermutedMNIST-10", split_mnist="SplitMNIST")
 # Tables 2, 4, 5, 6: the paper's streams first, then any other class-split stream with runs
 PAPER_STREAMS = ("split_cifar100", "split_tinyimagenet")
 NOT_CLASS_SPLIT = ("transfer",) + tuple(s for pair in CLEAN_NOISY for s in pair)
@@ -66,11 +71,12 @@ def title(stream: str) -> str:
 
 
 def load_paper_results(path: str | Path = PAPER_RESULTS) -> list[dict]:
-    """The rows of `paper_results.csv`, with table an int, mean a float and std a float or None."""
+    """The rows of `paper_results.csv`, with table an int (Hemati et al.'s; another paper's a string,
+    e.g. 'vo1'), mean a float and std a float or None."""
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     for r in rows:
-        r["table"] = int(r["table"])
+        r["table"] = int(r["table"]) if r["table"].isdigit() else r["table"]
         r["mean"] = float(r["mean"])
         r["std"] = float(r["std"]) if r["std"] else None
     return rows
@@ -86,9 +92,12 @@ def paper_value(results: list[dict], table: int, stream: str, method: str, metri
 
 
 def method_name(config: dict) -> str:
-    """The paper's name of a run's method: Naive, EWC, Joint, LR-k, HN-k, HN-F (HN-0)."""
+    """The paper's name of a run's method: Naive, EWC, Joint, LR-k, HN-k, HN-F (HN-0); HNET (von Oswald
+    et al.'s name) for HN with their MLP target (model.arch=mlp)."""
     s = config["strategy"]
     name, k = s["name"], s["freeze_depth"]
+    if name == "hn" and config.get("model", {}).get("arch") == "mlp":
+        return "HNET"
     if name == "hn":
         return "HN-F" if k == 0 else f"HN-{k}"
     if name == "lr":
@@ -186,7 +195,7 @@ def cells(ours: dict | None, paper: dict | None, digits: int = 1) -> tuple[str, 
 
 def _find(groups, stream: str, method: str, setting: str | None):
     """The configuration of a paper row: the stream, the method and the setting (None: the default)."""
-    default = {"HN": "order=first", "LR": "c=1"}
+    default = {"HN": "order=first", "HNET": "order=first", "LR": "c=1"}
     want = setting if setting is not None else default.get(method.split("-")[0], "")
     found = [g for g in groups if (g["stream"], g["method"], g["setting"]) == (stream, method, want)]
     return found[0] if found else None
@@ -301,6 +310,23 @@ def table6(groups, paper) -> list[str]:
                 rows.append([title(stream), method,
                              *_metric_cells(ours, paper_value(paper, 6, stream, method, "memory"), with_paper, 2)])
     return _table("Table 6: memory (MB at 32 bit)", ["stream", "method"] + _metric_header(("MB",), with_paper), rows)
+
+
+def table_von_oswald(groups, paper) -> list[str]:
+    """von Oswald et al.'s Table 1: HNET on their MNIST streams; CL1 (task given: our ACA) beside their
+    number, and ours with the task inferred by entropy (HNET+ENT: class-incremental and task-inference
+    accuracy)."""
+    rows = []
+    for stream in VON_OSWALD_STREAMS:
+        g = _find(groups, stream, "HNET", None)
+        if g is not None:
+            rows.append([title(stream), "HNET", *cells(_ours(g["aggregate"], "aca"), paper_value(paper, "vo1", stream,
+                                                                                                "HNET", "aca"), 2),
+                         *(_cell(_ours(g["aggregate"], m)) for m in ("class_incremental_accuracy",
+                                                                     "task_inference_accuracy"))])
+    return _table("von Oswald et al. (ICLR 2020), Table 1: accuracy (%) after the last task",
+                  ["stream", "method", "ours CL1", "paper CL1", "Δ CL1", "ours HNET+ENT (class-incremental)",
+                   "ours task inference"], rows)
 
 
 def transfer_results(groups) -> dict[tuple[str, str], dict[str, list]]:
@@ -588,10 +614,12 @@ def report_markdown(root: str | Path, paper_path: str | Path = PAPER_RESULTS, fi
     paper = load_paper_results(paper_path)
     lines = [f"# phn_jax report: {root}", "",
              f"{sum(len(g['seeds']) for g in groups)} runs in {len(groups)} configurations. Ours: mean ± sample "
-             "std over seeds (n); paper: Hemati et al. (CoLLAs 2023), `phn_jax/paper_results.csv`; Δ = ours − paper.",
+             "std over seeds (n); paper: Hemati et al. (CoLLAs 2023) (von Oswald et al. (ICLR 2020) where a table "
+             "says so), `phn_jax/paper_results.csv`; Δ = ours − paper.",
              ""]
     lines += table1(groups, paper) + table2(groups, paper) + table45(groups, paper, 4) + table45(groups, paper, 5)
-    lines += table6(groups, paper) + table_transfer(transfer_results(groups)) + all_configurations(groups)
+    lines += table6(groups, paper) + table_von_oswald(groups, paper) + table_transfer(transfer_results(groups))
+    lines += all_configurations(groups)
     repeated = [str(d) for g in groups for d in g["repeated"]]
     if repeated:
         lines += ["Seeds run more than once count once, with their newest run; not counted: " + ", ".join(repeated), ""]

@@ -4,6 +4,9 @@ g_φ is the frozen part of the slim ResNet-18 at freeze depth k (trained on the 
 then frozen); h_ω its stateless part whose weights ω = H_ψ(t) the hypernetwork generates once per
 (task, step), never once per sample. φ and ψ are separate pytrees; so are the running statistics
 of the conventional-BatchNorm option (frozen part: one set; generated part: one set per task).
+
+The target may instead be von Oswald et al.'s fully connected network (`models.MLPConfig`): then
+k = 0, g is the identity (φ = {}), and H_ψ(t) generates every layer; h_ω(z) is the MLP's head t.
 """
 from __future__ import annotations
 
@@ -19,33 +22,46 @@ from phn_jax.hypernetwork import ChunkedHypernetwork, Hypernetwork, build_hypern
 
 @dataclasses.dataclass(frozen=True)
 class PartialHypernetwork:
-    """Static description of HN-k: the ResNet, the freeze depth k, the norm mode and H_ψ."""
+    """Static description of HN-k: the target network (a ResNet, or an MLP at k = 0), the freeze
+    depth k, the norm mode (the ResNet's; the MLP has no norm layers) and H_ψ."""
 
-    resnet: models.ResNetConfig
+    net: models.ResNetConfig | models.MLPConfig
     freeze_depth: int
     hnet: Hypernetwork | ChunkedHypernetwork
     norm: str = "reference"
 
     @classmethod
-    def create(cls, resnet: models.ResNetConfig, freeze_depth: int, num_tasks: int,
+    def create(cls, net: models.ResNetConfig | models.MLPConfig, freeze_depth: int, num_tasks: int,
                norm: str = "reference", kind: str = "heads", **hnet_kwargs) -> "PartialHypernetwork":
         """Builds H_ψ of `kind` ('heads' | 'chunked', see `build_hypernetwork`) for the stateless
-        part's parameter shapes at depth k (from eval_shape: no FLOPs)."""
+        part's parameter shapes at depth k (from eval_shape: no FLOPs). An MLP target needs k = 0."""
         k = models.check_freeze_depth(freeze_depth)
         models.check_norm(norm)
-        shapes = jax.eval_shape(lambda: models.init_resnet(jax.random.key(0), resnet))
-        _, omega_shapes = models.split_params(shapes, k)
-        return cls(resnet, k, build_hypernetwork(kind, omega_shapes, num_tasks, **hnet_kwargs), norm)
+        if isinstance(net, models.MLPConfig) and k != 0:
+            raise ValueError(f"the MLP target has no frozen part: freeze depth k={k} must be 0 (the hypernetwork "
+                             "generates every layer); use the ResNet for k ≥ 1")
+        shapes = jax.eval_shape(lambda: cls._init_net(jax.random.key(0), net))
+        omega_shapes = shapes if isinstance(net, models.MLPConfig) else models.split_params(shapes, k)[1]
+        return cls(net, k, build_hypernetwork(kind, omega_shapes, num_tasks, **hnet_kwargs), norm)
+
+    @staticmethod
+    def _init_net(key, net) -> dict:
+        return models.init_mlp(key, net) if isinstance(net, models.MLPConfig) else models.init_resnet(key, net)
+
+    @property
+    def is_mlp(self) -> bool:
+        return isinstance(self.net, models.MLPConfig)
 
     def init(self, key: jax.Array) -> tuple[dict, dict]:
-        """(φ, ψ): the frozen part's initial weights and the hypernetwork's."""
+        """(φ, ψ): the frozen part's initial weights ({} for the MLP) and the hypernetwork's."""
         k_model, k_hnet = jax.random.split(key)
-        phi, _ = models.split_params(models.init_resnet(k_model, self.resnet), self.freeze_depth)
+        phi = {} if self.is_mlp else models.split_params(self._init_net(k_model, self.net), self.freeze_depth)[0]
         return phi, self.hnet.init(k_hnet)
 
     def init_stats(self, phi) -> dict[str, Any] | None:
-        """Running statistics for norm='batchnorm': {'frozen': φ's, 'stateless': [num_tasks, ...]}."""
-        if self.norm != "batchnorm":
+        """Running statistics for norm='batchnorm': {'frozen': φ's, 'stateless': [num_tasks, ...]}
+        (None for the MLP, which has no norm layers)."""
+        if self.norm != "batchnorm" or self.is_mlp:
             return None
         omega = jax.eval_shape(self.hnet.apply, self.hnet.init(jax.random.key(0)), 0)
         per_task = models.init_batch_stats(jax.tree_util.tree_map(jnp.zeros_like, omega))
@@ -60,16 +76,21 @@ class PartialHypernetwork:
         eval mode (its running statistics are frozen with it). Reference norm uses batch
         statistics either way.
         """
+        if self.is_mlp:  # g = identity
+            return x, None
         if freeze:
             phi, train = jax.lax.stop_gradient(phi), False
-        z, new = models.frozen_apply(phi, x, self.freeze_depth, self.resnet, norm=self.norm, train=train,
+        z, new = models.frozen_apply(phi, x, self.freeze_depth, self.net, norm=self.norm, train=train,
                                      stats=stats and stats["frozen"], mask=mask)
         return z, new
 
     def head(self, omega, z, task_id, *, train: bool, stats=None, mask=None):
-        """logits = h_ω(z) with the generated ω of task `task_id` (scalar); [N, C]."""
+        """logits = h_ω(z) with the generated ω of task `task_id` (scalar); [N, C]. The MLP's: its
+        head `task_id` (`models.mlp_apply`)."""
+        if self.is_mlp:
+            return models.mlp_apply(omega, z, self.net, task_id), None
         s_t = stats and jax.tree_util.tree_map(lambda s: s[task_id], stats["stateless"])
-        logits, new_t = models.stateless_apply(omega, z, self.freeze_depth, self.resnet, norm=self.norm,
+        logits, new_t = models.stateless_apply(omega, z, self.freeze_depth, self.net, norm=self.norm,
                                                train=train, stats=s_t, mask=mask)
         new = stats and jax.tree_util.tree_map(lambda s, n: s.at[task_id].set(n), stats["stateless"], new_t)
         return logits, new

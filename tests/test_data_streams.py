@@ -3,11 +3,13 @@
 import itertools
 import json
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from phn_jax.data import DatasetNotFoundError, build_stream, default_data_config, tfds_io
+from phn_jax.data import DatasetNotFoundError, build_stream, default_data_config, preprocess, tfds_io
 from phn_jax.data import streams
 from phn_jax.data.streams import STREAMS, TRANSFER_DATASETS
 
@@ -297,3 +299,20 @@ def test_missing_dataset_error_names_dataset_directory_and_command(tmp_path):
     with pytest.raises(DatasetNotFoundError) as info:
         build_stream({"name": "transfer", "transfer_pair": ("svhn_cropped", "gtsrb"), "data_dir": str(tmp_path)})
     assert "DATASET=svhn_cropped" in str(info.value) and "DATASET=gtsrb" in str(info.value)
+
+
+def test_mnist_streams_as_von_oswald_et_al_feed_their_mlp():
+    """image_size 28 (no padding), one channel, no normalisation: the network input is the raw image / 255;
+    PermutedMNIST's permutations then run over the 28² pixels."""
+    split = _build("split_mnist", image_size=28, channels=1, normalize=False, class_order=list(range(10)))
+    images, labels = _mock_split("mnist", "train")
+    assert split.image_shape == (28, 28, 1)
+    e = split.experiences[0]
+    np.testing.assert_array_equal(e.train_images, images[np.isin(labels, (0, 1))])
+    x = preprocess(e.preprocess, jax.random.key(0), jnp.asarray(e.train_images[:4]), train=True)
+    np.testing.assert_allclose(x, e.train_images[:4] / 255.0, rtol=1e-6)
+    permuted = _build("permuted_mnist", image_size=28, channels=1, normalize=False)
+    assert permuted.image_shape == (28, 28, 1)
+    np.testing.assert_array_equal(permuted.experiences[0].train_images, images)
+    flat = permuted.experiences[1].train_images.reshape(len(images), -1)
+    np.testing.assert_array_equal(np.sort(flat, axis=1), np.sort(images.reshape(len(images), -1), axis=1))

@@ -146,7 +146,7 @@ def test_chunked_parameter_count_on_the_resnet():
     hnet = model.hnet
     tables = sum(h.size for h in hnet.heads if h.kind == "table")
     assert hnet.num_generated + tables == models.count_params(
-        models.split_params(jax.eval_shape(lambda: models.init_resnet(jax.random.key(0), model.resnet)), 0)[1])
+        models.split_params(jax.eval_shape(lambda: models.init_resnet(jax.random.key(0), model.net)), 0)[1])
     assert hnet.num_chunks == 14 == -(-hnet.num_generated // 78_000)
     expected = 10 * 24 + (32 * 25 + 25) + (25 * 25 + 25) + (25 * 78_000 + 78_000) + 14 * 8 + 10 * tables
     assert hnet.num_params() == models.count_params(jax.eval_shape(hnet.init, jax.random.key(0))) == expected
@@ -212,3 +212,28 @@ def test_hypernetwork_options_clear_errors():
     # each kind ignores the other's options (a whole config.hnet may be passed)
     heads = build_hypernetwork("heads", SMALL_TARGET, num_tasks=2, chunk_dim=7, head_embedding_dim=3)
     assert isinstance(heads, Hypernetwork) and heads.head_embedding_dim == 3
+
+
+def test_mlp_target_is_generated_whole_by_the_chunked_hypernetwork():
+    """An MLP target (16-8-8-3x2, biases included): every parameter comes from the chunks, and the
+    model's logits for task t are a NumPy forward of H_ψ(t)'s weights, head t."""
+    net = models.MLPConfig(in_features=16, hidden_dims=(8, 8), num_classes=3, num_heads=2)
+    model = PartialHypernetwork.create(net, 0, num_tasks=2, kind="chunked", vectors_as_tables=False, embedding_dim=4,
+                                       hidden_dims=(5,), chunk_dim=50, chunk_embedding_dim=3)
+    hnet = model.hnet
+    assert hnet.num_generated == (16 * 8 + 8) + (8 * 8 + 8) + (8 * 6 + 6) == 262
+    assert hnet.num_chunks == 6 and all(h.kind == "chunk" for h in hnet.heads)
+    assert hnet.num_params() == 2 * 4 + (7 * 5 + 5) + (5 * 50 + 50) + 6 * 3
+    phi, psi = model.init(jax.random.key(0))
+    assert phi == {} and model.init_stats(phi) is None
+    x = jax.random.normal(jax.random.key(1), (4, 4, 4, 1))
+    for t in range(2):
+        w = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), hnet.apply(psi, t))
+        h = np.asarray(x, np.float64).reshape(4, 16)
+        h = np.maximum(np.maximum(h @ w["fc1"]["kernel"] + w["fc1"]["bias"], 0) @ w["fc2"]["kernel"] + w["fc2"]["bias"], 0)
+        want = (h @ w["classifier"]["kernel"] + w["classifier"]["bias"])[:, 3 * t:3 * t + 3]
+        logits, stats = model.logits(phi, psi, x, t, train=True)
+        np.testing.assert_allclose(logits, want, rtol=1e-4, atol=1e-5)
+        assert stats is None
+    with pytest.raises(ValueError, match="must be 0"):
+        PartialHypernetwork.create(net, 1, num_tasks=2)

@@ -1,33 +1,41 @@
-"""von Oswald et al.'s PermutedMNIST-10 and SplitMNIST configs: they build the strategy they describe
-(no data needed), and `make permuted-mnist` / `make split-mnist` run them with k = 0 and their epochs."""
+"""von Oswald et al.'s PermutedMNIST-10 and SplitMNIST configs: they build the MLP target and chunked
+hypernetwork they describe (no data needed), refuse a frozen part, and `make permuted-mnist` /
+`make split-mnist` run them with k = 0 and their epochs (under tfds' mock MNIST in the system test)."""
+import json
 import os
+import shlex
 import shutil
 import subprocess
+import sys
 import types
 from pathlib import Path
 
 import jax
-import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
-from phn_jax import models, train
-from phn_jax.config import load_config
+from phn_jax import models
+from phn_jax.config import ConfigError, check_config, load_config
 from phn_jax.hypernetwork import ChunkedHypernetwork
 from phn_jax.strategies import create_strategy
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("name, tasks, classes, chunked", [
-    ("permuted_mnist", 10, 10, dict(embedding_dim=24, chunk_embedding_dim=8, hidden_dims=(25, 25), chunk_dim=78_000,
-                                    activation="elu")),
-    ("split_mnist", 5, 2, dict(embedding_dim=96, chunk_embedding_dim=96, hidden_dims=(10, 10), chunk_dim=42_000,
-                               activation="relu")),
-])
-def test_config_builds_the_chunked_hn_it_describes(name, tasks, classes, chunked):
+# (stream, tasks, classes per task, input (H, W, C), hidden layers, their hypernetwork's sizes)
+MNIST_SETUPS = [
+    ("permuted_mnist", 10, 10, (32, 32, 1), (1000, 1000),
+     dict(embedding_dim=24, chunk_embedding_dim=8, hidden_dims=(25, 25), chunk_dim=78_000, activation="elu")),
+    ("split_mnist", 5, 2, (28, 28, 1), (400, 400),
+     dict(embedding_dim=96, chunk_embedding_dim=96, hidden_dims=(10, 10), chunk_dim=42_000, activation="relu")),
+]
+
+
+@pytest.mark.parametrize("name, tasks, classes, shape, hidden, chunked", MNIST_SETUPS)
+def test_config_builds_their_mlp_and_chunked_hn(name, tasks, classes, shape, hidden, chunked):
     config = load_config(ROOT / "experiments" / "configs" / f"{name}.py")
-    stream = types.SimpleNamespace(num_experiences=tasks, classes_per_experience=classes, image_shape=(32, 32, 3))
+    check_config(config)
+    assert (config.data.image_size, config.data.channels, config.data.normalize) == (shape[0], 1, False)
+    stream = types.SimpleNamespace(num_experiences=tasks, classes_per_experience=classes, image_shape=shape)
     hn = create_strategy(config, stream)
     hnet = hn.model.hnet
     assert isinstance(hnet, ChunkedHypernetwork) and hn.model.freeze_depth == 0 and hnet.num_tasks == tasks
@@ -36,14 +44,28 @@ def test_config_builds_the_chunked_hn_it_describes(name, tasks, classes, chunked
                                                                                           False)
     assert hn.beta == {"permuted_mnist": 0.1, "split_mnist": 0.01}[name]
     assert config.eval.task_inference and config.data.name == name
-    # ω is the whole slim ResNet-18 with `classes` outputs; all but the rank-1 tensors come in chunks
-    omega = models.split_params(jax.eval_shape(lambda: models.init_resnet(jax.random.key(0), hn.model.resnet)), 0)[1]
-    vectors = sum(x.size for x in jax.tree_util.tree_leaves(omega) if x.ndim == 1)
-    assert hnet.num_generated == models.count_params(omega) - vectors
-    assert hnet.num_chunks == -(-hnet.num_generated // chunked["chunk_dim"])
-    # Table 6's comparison at k = 0: LR-0 stores 200 images of 32x32x3 at 32 bit
+    # ω: every weight and bias of D_0-h1-h2-(C x tasks), D_0 = H·W·C, all from the chunks (hand count)
+    assert hn.model.net == models.MLPConfig(shape[0] * shape[1], hidden, classes, tasks)
+    want = {"permuted_mnist": 1024 * 1000 + 1000 + 1000 * 1000 + 1000 + 1000 * 100 + 100,
+            "split_mnist": 784 * 400 + 400 + 400 * 400 + 400 + 400 * 10 + 10}[name]
+    assert hnet.num_generated == want and all(h.kind == "chunk" for h in hnet.heads)
+    assert hnet.num_chunks == -(-want // chunked["chunk_dim"])
+    # Table 6's comparison at k = 0: LR-0 stores 200 input images at 32 bit
     state = {"phi": jax.eval_shape(hn.model.init, jax.random.key(0))[0]}
-    assert hn.memory(state)["replay_buffer_mb"] == 200 * 32 * 32 * 3 * 4 / 2**20
+    assert hn.memory(state)["replay_buffer_mb"] == 200 * shape[0] * shape[1] * 4 / 2**20
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("strategy.freeze_depth", 2, "strategy.freeze_depth must be 0"),
+    ("strategy.name", "naive", "runs with strategy hn only"),
+])
+def test_mlp_config_errors_say_what_to_do(field, value, message):
+    config = load_config(ROOT / "experiments" / "configs" / "permuted_mnist.py")
+    section, key = field.split(".")
+    config[section][key] = value
+    with pytest.raises(ConfigError, match=message) as err:
+        check_config(config)
+    assert "model.arch=resnet" in str(err.value)
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
@@ -66,19 +88,40 @@ def test_make_targets(target, config, epochs):
 
 
 @pytest.mark.system
-@pytest.mark.parametrize("name", ["permuted_mnist", "split_mnist"])
-def test_config_runs_end_to_end_under_mock_data(name, tmp_path):
-    """The config through the engine on tfds' mock MNIST, shrunk (nf=8, 1 epoch, 2 permutations)."""
-    config = load_config(ROOT / "experiments" / "configs" / f"{name}.py")
-    config.model.nf = 8
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+@pytest.mark.parametrize("target, name, tasks, classes, shape", [("permuted-mnist", "permuted_mnist", 2, 10, (32, 32, 1)),
+                                                                 ("split-mnist", "split_mnist", 5, 2, (28, 28, 1))])
+def test_make_target_runs_under_mock_data(target, name, tasks, classes, shape, tmp_path):
+    """`make permuted-mnist` / `make split-mnist`'s command line (make -n), its MLP target shrunk to
+    8-8 hidden units, 1 epoch (and 2 permutations), run under tfds' mock MNIST."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    line = subprocess.run(["make", "-n", "--no-print-directory", target, "STAMP=Makefile"], cwd=ROOT,
+                          capture_output=True, text=True, check=True, env=env).stdout.strip().splitlines()[-1]
+    args = shlex.split(line.split("-m phn_jax.main", 1)[1])
+    args[args.index("--workdir") + 1] = str(tmp_path / "run")
     # batch 8: mock SplitMNIST's smallest experience has 9 training samples
-    config.train.update(epochs=1, batch_size=8, eval_batch_size=32, progress=False)
+    args += ["--config.model.hidden_dims=8,8", "--config.train.epochs=1", "--config.train.batch_size=8",
+             "--config.train.eval_batch_size=32", "--config.train.progress=False"]
     if name == "permuted_mnist":
-        config.data.num_experiences = 2
-    with tfds.testing.mock_data(num_examples=64):
-        summary = train.train_and_evaluate(config, tmp_path)
-    assert summary["completed_experiences"] == config.data.num_experiences
+        args.append(f"--config.data.num_experiences={tasks}")
+    program = ("import sys, tensorflow_datasets as tfds; from absl import app; from phn_jax import main\n"
+               "with tfds.testing.mock_data(num_examples=64):\n"
+               "    app.run(main.main, argv=['phn_jax.main'] + sys.argv[1:], flags_parser=main.parse_flags)")
+    done = subprocess.run([sys.executable, "-c", program, *args], cwd=ROOT, capture_output=True, text=True,
+                          env=env | {"PYTHONPATH": str(ROOT)}, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    summary = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert config["model"]["arch"] == "mlp" and config["strategy"]["freeze_depth"] == 0
+    assert summary["completed_experiences"] == tasks
     for key in ("aca", "class_incremental_accuracy", "task_inference_accuracy"):
         assert 0 <= summary[key] <= 1, key
-    assert summary["memory"]["replay_buffer_mb"] == 200 * 32 * 32 * 3 * 4 / 2**20
-    assert np.isfinite(summary["memory"]["hypernetwork_mb"])
+    # the MLP sees the unnormalised one-channel image: LR-0's buffer holds 200 of H×W×1 at 32 bit
+    assert summary["memory"]["replay_buffer_mb"] == 200 * shape[0] * shape[1] * 4 / 2**20
+    # |ψ| by hand: D_0-8-8-(C x tasks) generated in chunks of chunk_dim by the config's chunked hypernetwork
+    generated = shape[0] * shape[1] * 8 + 8 + 8 * 8 + 8 + 8 * classes * tasks + classes * tasks
+    h = config["hnet"]
+    e, c, (h1, h2), chunk = h["embedding_dim"], h["chunk_embedding_dim"], h["hidden_dims"], h["chunk_dim"]
+    chunks = -(-generated // chunk)
+    want = tasks * e + (e + c) * h1 + h1 + h1 * h2 + h2 + h2 * chunk + chunk + chunks * c
+    assert summary["memory"]["hypernetwork_params"] == want

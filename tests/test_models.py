@@ -163,3 +163,25 @@ def test_freeze_depth_out_of_range(bad):
 def test_unknown_norm_mode():
     with pytest.raises(ValueError, match="normalisation mode"):
         models.frozen_apply({}, X, 0, CFG, norm="layernorm")
+
+
+MLP = models.MLPConfig(in_features=4 * 4 * 1, hidden_dims=(8, 8), num_classes=3, num_heads=2)
+
+
+def test_mlp_layers_and_forward_equal_a_numpy_forward():
+    """h_l = ReLU(h_{l-1} W_l + b_l), y = h W_L + b_L, head t = y[:, 3t:3t+3], against NumPy."""
+    assert MLP.layers() == (("fc1", 16, 8), ("fc2", 8, 8), ("classifier", 8, 6))
+    params = models.init_mlp(jax.random.key(0), MLP)
+    assert models.count_params(params) == 16 * 8 + 8 + 8 * 8 + 8 + 8 * 6 + 6
+    x = jax.random.normal(jax.random.key(1), (5, 4, 4, 1))
+    p = {k: {n: np.asarray(v, np.float64) for n, v in layer.items()} for k, layer in params.items()}
+    h = np.asarray(x, np.float64).reshape(5, 16)
+    for name in ("fc1", "fc2"):
+        h = np.maximum(h @ p[name]["kernel"] + p[name]["bias"], 0)
+    y = h @ p["classifier"]["kernel"] + p["classifier"]["bias"]
+    np.testing.assert_allclose(models.mlp_apply(params, x, MLP), y, rtol=1e-5, atol=1e-5)
+    head = jax.jit(lambda t: models.mlp_apply(params, x, MLP, t))  # a traced head index
+    for t in range(2):
+        np.testing.assert_allclose(head(t), y[:, 3 * t:3 * t + 3], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="16 input values"):
+        models.mlp_apply(params, jnp.zeros((1, 5, 5, 1)), MLP)

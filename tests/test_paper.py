@@ -37,7 +37,10 @@ def test_typed_cells_equal_the_papers_text(published):
         assert cell(6, "split_cifar100", method, "memory")["mean"] == round(metrics.hypernetwork_megabytes(int(n)), 2)
     assert cell(6, "split_tinyimagenet", "LR-3", "memory")["mean"] == pytest.approx(400 * 80 * 16 * 16 * 4 / 2**20, abs=0.01)
     assert cell(2, "split_cifar100", "Joint", "aca") is None  # the paper has no Joint row
-    assert len({r["table"] for r in published}) == 5 and len(published) == 204
+    assert len({r["table"] for r in published}) == 6 and len(published) == 206
+    # von Oswald et al.'s Table 1 (table "vo1"), HNET in CL1: PermutedMNIST-10 "97.57 ± 0.02", SplitMNIST "99.79 ± 0.01"
+    assert [(cell("vo1", s, "HNET", "aca")["mean"], cell("vo1", s, "HNET", "aca")["std"])
+            for s in ("permuted_mnist", "split_mnist")] == [(97.57, 0.02), (99.79, 0.01)]
 
 
 def _run(root, directory, seed, R, times, cos=(), **strategy):
@@ -172,3 +175,21 @@ def test_quick_streams_fill_tables_1_2_4_and_figures_7_11_without_paper_columns(
     page = paper.html_page(md, tmp_path)
     assert page.count("<table>") == md.count("\n## Table") + md.count("\n## Every") + md.count("\n## Figure 4")
     assert page.count('src="data:image/png;base64,') == md.count("![") and ".png\"" not in page
+
+
+def test_von_oswald_table_of_mlp_runs(tmp_path):
+    """HN runs with the MLP target are von Oswald et al.'s "HNET", reported beside their Table 1: CL1
+    (our ACA), and ours with the task inferred (class-incremental, task inference)."""
+    for seed, acc in ((0, 0.97), (1, 0.99)):  # ACA (0.98 + acc) / 2: 97.5 and 98.5, mean 98.0 ± 0.71
+        c = base_config("permuted_mnist")
+        c.seed = seed
+        c.model.arch, c.strategy.freeze_depth = "mlp", 0
+        report.write_config(tmp_path / f"s{seed}", c)
+        report.write_metrics(tmp_path / f"s{seed}", metrics.summarize(
+            np.array([[0.99, NAN], [0.98, acc]]), [60.0, 60.0], {}, class_incremental=np.array([[0.99, NAN], [0.9, 0.8]]),
+            task_inference=np.array([[1.0, NAN], [0.95, 0.85]])))
+    groups = paper.group_runs(paper.find_runs(tmp_path))
+    assert [(g["method"], g["setting"]) for g in groups] == [("HNET", "order=first")]
+    text = paper.report_markdown(tmp_path)
+    assert "## von Oswald et al. (ICLR 2020), Table 1" in text
+    assert "| PermutedMNIST-10 | HNET | 98.00 ± 0.71 (n=2) | 97.57 ± 0.02 | +0.43 | 85.0 ± 0.0 | 90.0 ± 0.0 |" in text

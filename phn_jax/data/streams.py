@@ -17,6 +17,8 @@ Streams (DESIGN §4):
   permuted_mnist      10 experiences of the 10 MNIST digits (zero-padded to 32×32), each with
                       its own seeded pixel permutation (the first is the identity by default).
   split_mnist         5 × 2 MNIST digits, 32×32.
+                      (Both: `image_size` 28..: zero-padded to it; `channels` 3 or 1; `normalize`:
+                      MNIST statistics, or pixels in [0, 1] as von Oswald et al.'s code.)
   split_digits        5 × 2 of scikit-learn's 8×8 digits upscaled to 16×16; no download.
   noisy_digits        4 × 2 of those digits with noisy_cifar100's transforms (`make paper QUICK=1`'s
   clean_digits        twins of the noisy and clean CIFAR-100 streams); no download.
@@ -42,7 +44,9 @@ TRANSFER_DATASETS = ("fashion_mnist", "svhn_cropped", "gtsrb", "cifar10", "cifar
 EMBEDDED_TRANSFER_DATASETS = ("digits", "synthetic")
 TRANSFER_CHOICES = TRANSFER_DATASETS + EMBEDDED_TRANSFER_DATASETS  # what a transfer_pair may name
 NOISY_CIFAR_NOISES = ("none", "solarize", "blur", "autocontrast_gray_blur")
-MNIST_SIZE = (32, 32)  # von Oswald et al. pad MNIST's 28×28 to 32×32
+MNIST_SIZE = (32, 32)  # von Oswald et al. pad MNIST's 28×28 to 32×32 for PermutedMNIST
+# The MNIST streams' input fields; the defaults feed the 3-channel ResNet as before.
+_MNIST_INPUT = dict(image_size=MNIST_SIZE[0], channels=3, normalize=True)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -138,8 +142,8 @@ _DEFAULTS: dict[str, dict] = {
     "noisy_cifar100": _class_split(4, 5, noise=NOISY_CIFAR_NOISES),
     "clean_cifar100": _class_split(4, 5, noise=("none",) * 4),
     "transfer": dict(transfer_pair=("cifar10", "cifar100"), classes_per_experience=5, image_size=32),
-    "permuted_mnist": dict(num_experiences=10, permute_first=False),
-    "split_mnist": _class_split(5, 2),
+    "permuted_mnist": dict(num_experiences=10, permute_first=False, **_MNIST_INPUT),
+    "split_mnist": _class_split(5, 2, **_MNIST_INPUT),
     "split_digits": _class_split(5, 2, image_size=16, test_fraction=0.25, split_seed=0),
     "noisy_digits": _class_split(4, 2, image_size=16, test_fraction=0.25, split_seed=0, noise=NOISY_CIFAR_NOISES),
     "clean_digits": _class_split(4, 2, image_size=16, test_fraction=0.25, split_seed=0, noise=("none",) * 4),
@@ -174,6 +178,9 @@ def default_data_config(name: str) -> ml_collections.ConfigDict:
       noisy_cifar100 / clean_cifar100: noise, one of transforms.NOISES per experience.
       transfer: transfer_pair (A, B), classes_per_experience, image_size (the paper's 32).
       permuted_mnist: num_experiences, permute_first (False: experience 0 is plain MNIST).
+      permuted_mnist, split_mnist: image_size (28: MNIST as it is; more: zero-padded, default 32),
+        channels (3: gray repeated on device, default; 1), normalize (True: MNIST mean/std; False:
+        pixels in [0, 1]).
       split_digits: image_size, test_fraction, split_seed (the stratified train/test split).
       noisy_digits / clean_digits: split_digits' fields and noise.
       synthetic: num_experiences, classes_per_experience, train_per_class, test_per_class,
@@ -353,24 +360,30 @@ def _noisy_cifar100(config) -> Stream:
 
 
 def _mnist_arrays(config) -> tuple[tuple, tuple]:
+    """MNIST's train and test (uint8 [N, S, S, 1], labels), zero-padded to S = config.image_size."""
     (x_train, y_train), (x_test, y_test) = _read_train_test("mnist", config.data_dir)
-    return (arrays.pad_to(x_train, MNIST_SIZE), y_train), (arrays.pad_to(x_test, MNIST_SIZE), y_test)
+    size = (config.image_size,) * 2
+    return (arrays.pad_to(x_train, size), y_train), (arrays.pad_to(x_test, size), y_test)
 
 
-def _mnist_preprocess() -> Preprocess:
-    mean, std = _stats("mnist", 3)
-    return Preprocess(augment="none", mean=mean, std=std, channels=3)
+def _mnist_preprocess(config) -> Preprocess:
+    """`config.channels` output channels; MNIST's statistics, or none (x/255) without `normalize`."""
+    if config.channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3 for MNIST, got {config.channels!r}")
+    mean, std = _stats("mnist", config.channels) if config.normalize else ((0.0,) * config.channels,
+                                                                           (1.0,) * config.channels)
+    return Preprocess(augment="none", mean=mean, std=std, channels=config.channels)
 
 
 def _split_mnist(config) -> Stream:
-    pre = _mnist_preprocess()
+    pre = _mnist_preprocess(config)
     return _class_split_stream(config, "mnist", 10, lambda: _mnist_arrays(config), lambda t: pre)
 
 
 def _permuted_mnist(config) -> Stream:
     """Experience t: all of MNIST with the pixels (over H·W) permuted by permutation t."""
     (x_train, y_train), (x_test, y_test) = _mnist_arrays(config)
-    num_pixels = MNIST_SIZE[0] * MNIST_SIZE[1]
+    num_pixels = config.image_size**2
     rng = np.random.default_rng(config.seed)
     permutations = [rng.permutation(num_pixels) for _ in range(config.num_experiences)]
     if not config.permute_first:
@@ -379,7 +392,7 @@ def _permuted_mnist(config) -> Stream:
     def permute(x, perm):
         return x.reshape(x.shape[0], num_pixels, -1)[:, perm].reshape(x.shape)
 
-    pre = _mnist_preprocess()
+    pre = _mnist_preprocess(config)
     experiences = [
         Experience(
             task_id=t,

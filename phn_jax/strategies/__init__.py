@@ -1,10 +1,13 @@
 """Continual-learning strategies behind one engine (`phn_jax.train`); see `base` for the interface.
 
-hn: HN-k, the partial hypernetwork. The baselines share one multi-head ResNet (`multihead`):
-naive (fine-tuning), ewc (EWC, λ = strategy.ewc_lambda), lr (LR-k latent replay) and joint
-(cumulative training, the upper bound).
+hn: HN-k, the partial hypernetwork (model.arch 'resnet'), or the hypernetwork generating von Oswald
+et al.'s multi-head MLP (model.arch 'mlp', k = 0: one head per experience). The baselines share
+one multi-head ResNet (`multihead`): naive (fine-tuning), ewc (EWC, λ = strategy.ewc_lambda), lr
+(LR-k latent replay) and joint (cumulative training, the upper bound).
 """
 from __future__ import annotations
+
+import numpy as np
 
 from phn_jax import models
 from phn_jax.partial_hnet import PartialHypernetwork
@@ -30,6 +33,14 @@ def create_strategy(config, stream):
                                  in_channels=stream.image_shape[-1],
                                  blocks_per_stage=tuple(config.model.get("blocks_per_stage", (2, 2, 2, 2))))
     s = config.strategy
+    if config.model.get("arch", "resnet") == "mlp":
+        if name != "hn":
+            raise ValueError(f"model.arch='mlp' runs with strategy hn only (the baselines use the multi-head "
+                             f"ResNet), got strategy {name!r}")
+        net = models.MLPConfig(in_features=int(np.prod(stream.image_shape)), hidden_dims=tuple(config.model.hidden_dims),
+                               num_classes=config.model.num_classes, num_heads=stream.num_experiences)
+    else:
+        net = resnet
     if name != "hn":
         common = dict(model=MultiHeadResNet(resnet, stream.num_experiences, norm=config.model.norm),
                       lr=config.optim.lr, eps_root=config.optim.eps_root)
@@ -41,7 +52,7 @@ def create_strategy(config, stream):
                                 replay_coef=s.replay_coef, feature_batch_size=config.train.eval_batch_size)
         return {"naive": Naive, "joint": Joint}[name](**common)
     model = PartialHypernetwork.create(
-        resnet, s.freeze_depth, num_tasks=stream.num_experiences, norm=config.model.norm,
+        net, s.freeze_depth, num_tasks=stream.num_experiences, norm=config.model.norm,
         **config.hnet.to_dict())
     return HN(model, lr=config.optim.lr, eps_root=config.optim.eps_root, beta=s.beta, order=s.order,
               combine=s.combine, lookahead_step=s.lookahead_step, reg_subset=s.reg_subset, reg_reduce=s.reg_reduce,
