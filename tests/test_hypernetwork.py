@@ -69,7 +69,7 @@ class VmapTest(chex.TestCase):
             chex.assert_trees_all_close(jax.tree_util.tree_map(lambda x: x[n], batched), one, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("k", [0, 2, 4])
+@pytest.mark.parametrize("k", [0, 4])  # all generated; all but the classifier frozen (k = 2: test_train)
 def test_gradients_reach_used_hnet_params_and_not_frozen(k):
     model = PartialHypernetwork.create(models.ResNetConfig(num_classes=5, blocks_per_stage=(1, 1, 1, 1)), k, num_tasks=3)
     phi, psi = model.init(jax.random.key(0))
