@@ -202,8 +202,8 @@ RULES = (
      "code) or sum (the paper's Eq. 7)"),
     ("model.norm", _one_of(models.NORM_MODES), "reference: the reference code's normalisation"),
     ("model.arch", _one_of(models.ARCHS), "resnet: the paper's slim ResNet-18; mlp: von Oswald et al.'s MLP"),
-    ("model.hidden_dims", _positive_ints(None, "one or more integers ≥ 1, e.g. "
-                                                               "--config.model.hidden_dims=400,400"), "the MLP's hidden layers (model.arch=mlp)"),
+    ("model.hidden_dims", _positive_ints(None, "one or more integers ≥ 1, e.g. --config.model.hidden_dims=400,400"),
+     "the MLP's hidden layers (model.arch=mlp)"),
     ("hnet.kind", _one_of(hypernetwork.HNET_KINDS), "heads: the paper's per-tensor heads; chunked: von Oswald et al."),
     ("strategy.freeze_depth", _integer(0, 4), "k frozen residual stages: 0 generates the whole network (HN-F), "
      "4 only the classifier"),
@@ -216,7 +216,8 @@ RULES = (
     ("strategy.beta", _number(0, strict=False), "β of the output regulariser (the paper: 0.5; 0 turns it off)"),
     ("model.nf", _integer(1), "the slim ResNet's width (the paper: 20)"),
     ("model.num_classes", _integer(1), "outputs of each task head"),
-    ("model.blocks_per_stage", _positive_ints(4, "four integers ≥ 1"), "the BasicBlocks of each of the four stages (the paper: 2,2,2,2)"),
+    ("model.blocks_per_stage", _positive_ints(4, "four integers ≥ 1"),
+     "the BasicBlocks of each of the four stages (the paper: 2,2,2,2)"),
     ("checkpoint.max_to_keep", _integer(1), "checkpoints kept; a run needs at least its latest to resume"),
     ("checkpoint.every_minutes", _number(0, strict=True), "minutes between checkpoints inside an experience"),
     ("seed", _integer(0), "the run's seed"),

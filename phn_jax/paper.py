@@ -55,11 +55,10 @@ TABLE2_METHODS = ("Naive", "EWC", "LR-1", "HN-1", "LR-2", "HN-2", "LR-3", "HN-3"
 STREAM_TITLES = {"split_cifar100": "Split-CIFAR100", "split_tinyimagenet": "Split-TinyImageNet",
                  "clean_cifar100": "CIFAR-100 4×5, clean", "noisy_cifar100": "CIFAR-100 4×5, noisy",
                  "split_digits": "Split-Digits", "clean_digits": "Digits 4×2, clean", "noisy_digits": "Digits 4×2, noisy",
-                 "transfer": "transfer pairs"}
+                 "transfer": "transfer pairs", "permuted_mnist": "PermutedMNIST-10", "split_mnist": "SplitMNIST"}
 # Table 1 and Figure 7: (clean, noisy) twins; the paper's, then `make paper QUICK=1`'s
 CLEAN_NOISY = (("clean_cifar100", "noisy_cifar100"), ("clean_digits", "noisy_digits"))
 VON_OSWALD_STREAMS = ("permuted_mnist", "split_mnist")  # von Oswald et al.'s Table 1 (paper_results table vo1)
-STREAM_TITLES.update(permuted_mnist="PermutedMNIST-10", split_mnist="SplitMNIST")
 # Tables 2, 4, 5, 6: the paper's streams first, then any other class-split stream with runs
 PAPER_STREAMS = ("split_cifar100", "split_tinyimagenet")
 NOT_CLASS_SPLIT = ("transfer",) + tuple(s for pair in CLEAN_NOISY for s in pair)
@@ -320,10 +319,9 @@ def table_von_oswald(groups, paper) -> list[str]:
     for stream in VON_OSWALD_STREAMS:
         g = _find(groups, stream, "HNET", None)
         if g is not None:
-            rows.append([title(stream), "HNET", *cells(_ours(g["aggregate"], "aca"), paper_value(paper, "vo1", stream,
-                                                                                                "HNET", "aca"), 2),
-                         *(_cell(_ours(g["aggregate"], m)) for m in ("class_incremental_accuracy",
-                                                                     "task_inference_accuracy"))])
+            cl1 = cells(_ours(g["aggregate"], "aca"), paper_value(paper, "vo1", stream, "HNET", "aca"), 2)
+            inferred = [_cell(_ours(g["aggregate"], m)) for m in ("class_incremental_accuracy", "task_inference_accuracy")]
+            rows.append([title(stream), "HNET", *cl1, *inferred])
     return _table("von Oswald et al. (ICLR 2020), Table 1: accuracy (%) after the last task",
                   ["stream", "method", "ours CL1", "paper CL1", "Δ CL1", "ours HNET+ENT (class-incremental)",
                    "ours task inference"], rows)

@@ -37,11 +37,12 @@ class PartialHypernetwork:
         part's parameter shapes at depth k (from eval_shape: no FLOPs). An MLP target needs k = 0."""
         k = models.check_freeze_depth(freeze_depth)
         models.check_norm(norm)
-        if isinstance(net, models.MLPConfig) and k != 0:
+        mlp = isinstance(net, models.MLPConfig)
+        if mlp and k != 0:
             raise ValueError(f"the MLP target has no frozen part: freeze depth k={k} must be 0 (the hypernetwork "
                              "generates every layer); use the ResNet for k ≥ 1")
         shapes = jax.eval_shape(lambda: cls._init_net(jax.random.key(0), net))
-        omega_shapes = shapes if isinstance(net, models.MLPConfig) else models.split_params(shapes, k)[1]
+        omega_shapes = shapes if mlp else models.split_params(shapes, k)[1]
         return cls(net, k, build_hypernetwork(kind, omega_shapes, num_tasks, **hnet_kwargs), norm)
 
     @staticmethod
