@@ -29,9 +29,11 @@ install: $(STAMP) ## create .venv with the pinned requirements and phn_jax; ACCE
 # The test processes (and the runs they start) share one persistent compilation cache, a fresh one
 # per session: a program compiled once is loaded by every other test process that needs it.
 TEST_CACHE = $(CURDIR)/.cache/jax-tests
-# The suite is compilation-bound (tiny shapes): LLVM's expensive passes buy the tests nothing.
-TEST_XLA_FLAGS = --xla_llvm_disable_expensive_passes=true
-test: $(STAMP) ## run the test suite (skips tests marked slow or system); about 7 min on 2 cores
+# The suite is compilation-bound (tiny shapes): LLVM's expensive passes buy the tests nothing, and XLA:CPU's
+# older elementwise emitters compile its programs about a quarter faster than the fusion emitters (the whole
+# suite: 289 s against 384-442 s on 2 cores).
+TEST_XLA_FLAGS = --xla_llvm_disable_expensive_passes=true --xla_cpu_use_fusion_emitters=false
+test: $(STAMP) ## run the test suite (skips tests marked slow or system); about 5 min on 2 cores
 	rm -rf $(TEST_CACHE)
 	XLA_FLAGS="$(TEST_XLA_FLAGS) $(XLA_FLAGS)" JAX_COMPILATION_CACHE_DIR=$(TEST_CACHE) $(PY) -m pytest -q -m "not slow and not system" -n $(WORKERS) --dist loadfile --no-loadscope-reorder
 

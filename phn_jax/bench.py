@@ -141,7 +141,7 @@ def time_step(name: str, config, t: int, steps: int) -> Timing:
     state = runtime.replicate(state, s.mesh)
     arrays = _batch(s, t)
     key = train.fold_in(s.key(), 7)
-    kwargs = dict(strategy=s.strategy, spec=s.stream.experiences[t].preprocess, batch_size=BATCH, first=t == 0,
+    kwargs = dict(strategy=s.strategy, spec=s.stream.experiences[t].preprocess, batch_size=BATCH, first=s.first(t),
                   mesh=s.mesh, seed_axis=s.seed_axis)
     compiled, cold, warm = _compile(train.train_epoch, (state, *arrays, t, key), kwargs)
     times = []

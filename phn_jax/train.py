@@ -302,9 +302,10 @@ class Setup:
         return self.config.strategy.get("frozen_init", "none") != "none"
 
     def first(self, t: int) -> bool:
-        """Whether experience t's step trains the frozen part too: the first experience, unless
-        the frozen part came from strategy.frozen_init (then every step freezes it)."""
-        return t == 0 and not self.frozen_from_start
+        """Whether experience t's step is the first experience's program (it trains the frozen part
+        too): the first experience of a strategy whose first step differs, unless the frozen part came
+        from strategy.frozen_init (then every step freezes it)."""
+        return t == 0 and not self.frozen_from_start and self.strategy.first_step_differs
 
     @property
     def seed_axis(self) -> str | None:

@@ -50,7 +50,7 @@ def _steps(s: train.Setup, state0, first_step: bool):
     def step(state, t):
         state = train.begin_experience(rep(state), t, strategy=s.strategy, seed_axis=s.seed_axis)
         state, m = train.train_epoch(state, *arrays[t], t, key(10 + t), strategy=s.strategy, spec=spec,
-                                     batch_size=s.config.train.batch_size, first=t == 0, mesh=s.mesh,
+                                     batch_size=s.config.train.batch_size, first=s.first(t), mesh=s.mesh,
                                      seed_axis=s.seed_axis)
         return jax.device_get((state, m))
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -20,12 +21,14 @@ ROOT = Path(__file__).parent.parent
 
 def tiny_config(**overrides):
     """experiments/configs/smoke.py (3 experiences x 2 classes of 16x16 prototypes + noise, each class
-    its own prototype) with the slim ResNet-18 at nf=4 (smoke.py's ResNet-10 hardly forgets this
-    stream even without the regulariser) and 40 epochs, on one device of the test session's four
-    (tests/conftest.py; test_devices compares meshes), and `overrides` ('a.b': value)."""
+    its own prototype) made hard enough to forget on with its ResNet-10 at nf=4 (noise 0.4, Adam at
+    lr 3e-3, 40 epochs; 100 test samples per class, evaluated in one batch per experience), on one
+    device of the test session's four (tests/conftest.py; test_devices compares meshes), and
+    `overrides` ('a.b': value)."""
     c = load_config(ROOT / "experiments" / "configs" / "smoke.py")
-    c.model.blocks_per_stage = (2, 2, 2, 2)
-    c.train.update(epochs=40, progress=False, num_devices=1)
+    c.data.update(noise_std=0.4, test_per_class=100)
+    c.optim.lr = 3e-3
+    c.train.update(epochs=40, eval_batch_size=200, progress=False, num_devices=1)
     for key, value in overrides.items():
         node = c
         *path, leaf = key.split(".")
@@ -50,11 +53,12 @@ def hn_run(tmp_path_factory):
 def test_regulariser_keeps_forgetting_small(hn_run, tmp_path):
     _, with_reg = hn_run
     without = train.train_and_evaluate(tiny_config(**{"strategy.beta": 0.0}), tmp_path)
-    # Both runs learn: mean accuracy on each experience right after it ≥ 75% (the regularised run
-    # learns new tasks less well, as the paper's Table 2 reports for HN against LR).
-    assert with_reg["learning_accuracy"] >= 0.75 and without["learning_accuracy"] >= 0.9
+    # Both runs learn: mean accuracy on each experience right after it ≥ 65%, chance being 50% (the
+    # regularised run learns new tasks less well, as the paper's Table 2 reports for HN against LR).
     # Thresholds: with β = 0.5 forgetting stays under 3 points; with β = 0 it exceeds 10 points
-    # and is at least 10 points above the regularised run. (Seen: 0.0 and 0.17.)
+    # and is at least 10 points above the regularised run. (Seen with seeds 0 and 1: learning
+    # accuracy 0.84, 0.73 and 0.97, 0.98; forgetting −0.002, −0.005 and 0.26, 0.27.)
+    assert with_reg["learning_accuracy"] >= 0.65 and without["learning_accuracy"] >= 0.9
     assert with_reg["forgetting"] < 0.03, with_reg["accuracy_matrix"]
     assert without["forgetting"] > 0.10, without["accuracy_matrix"]
     assert without["forgetting"] > with_reg["forgetting"] + 0.10
@@ -95,7 +99,7 @@ def test_evaluation_without_task_ids_and_memory_comparison(hn_run):
     assert np.all(R_class[seen] <= np.minimum(R[seen], R_task[seen]))
     assert np.all(R_class[seen] >= R[seen] + R_task[seen] - 1 - 1e-9)
     # the last row recomputed outside the engine from the final checkpoint: every test set in one
-    # batch (as the engine's eval batches of 32), task t̂ = argmin of the softmax entropy (NumPy)
+    # batch (as the engine's eval batches of 200), task t̂ = argmin of the softmax entropy (NumPy)
     config = tiny_config()
     stream = data.build_stream(config.data)
     strategy = create_strategy(config, stream)
@@ -206,10 +210,15 @@ def test_missing_dataset_stops_before_compiling(tmp_path):
     assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
 
 
-def test_nan_loss_is_a_clear_error(tmp_path):
-    # a step of 1e38 overflows the parameters to inf: the loss of the next steps is NaN
+def test_nan_loss_is_a_clear_error(tmp_path, monkeypatch):
+    # ψ overflowed to inf (as a far too large step leaves it): the generated weights are inf and the
+    # loss NaN. (The run's programs are the hn_run fixture's: nothing compiles again.)
+    init = train.init_state
+    overflowed = lambda key, **kw: {**(s := init(key, **kw)), "psi": jax.tree_util.tree_map(
+        lambda a: jnp.full_like(a, jnp.inf), s["psi"])}
+    monkeypatch.setattr(train, "init_state", overflowed)
     with pytest.raises(train.NonFiniteLossError, match="experience 1, epoch 1"):
-        train.train_and_evaluate(tiny_config(**{"optim.lr": 1e38, "train.epochs": 1}), tmp_path)
+        train.train_and_evaluate(tiny_config(**{"train.epochs": 1}), tmp_path)
 
 
 def _damage_latest(workdir, how):

@@ -17,6 +17,10 @@ functions of an explicit state pytree:
   eval_logits_all_tasks(state, ctx, x, mask) -> [T, B, C]   optional: the logits of every task's
         model, for evaluation without task ids (`phn_jax.task_inference`)
 
+Class attribute `first_step_differs`: whether `train_step` with first=True is another program than
+with first=False (HN and LR-k train their frozen part in the first experience); when False, the
+engine runs every experience with first=False, so one program serves them all.
+
 Optional class attribute `cumulative` (default False): when True the engine trains experience t
 on the union of experiences 0..t (Joint training), with each sample's own task id in
 batch['task'].

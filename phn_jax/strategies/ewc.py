@@ -74,8 +74,9 @@ class EWC(Naive):
                                  "valid": jnp.zeros((self.num_tasks,), bool)}}
 
     def regularizer(self, params, state, key, first: bool):
-        """Ω(θ) against every task consolidated so far (none in the first experience)."""
-        return jnp.zeros(()) if first else ewc_penalty(params, **state["ewc"])
+        """Ω(θ) against every task consolidated so far: exactly 0 in the first experience, where no
+        task is (so its step is the later experiences' program)."""
+        return ewc_penalty(params, **state["ewc"])
 
     def fisher(self, params, stats, images, labels, tasks, num_valid, key, *, spec: data.Preprocess):
         """F = (1/S) Σ_s (∇θ L_CE(B_s))² over the S minibatches that hold real samples (θ-shaped)."""

@@ -55,6 +55,7 @@ class HN:
     input_shape: tuple[int, int, int] | None = None
     buffer_size: int = 200
 
+    first_step_differs: ClassVar[bool] = True  # experience 1 trains φ, without the regulariser
     FROZEN_PARAMS: ClassVar[str] = "phi"  # the state entry holding g_φ's modules (stem, stages 1..k)
 
     def __post_init__(self):

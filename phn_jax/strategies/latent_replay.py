@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 from functools import partial
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -122,6 +123,8 @@ class LatentReplay(Naive):
     def feature_shape(self) -> tuple[int, ...]:
         """One buffer sample: g_φ's output for one input, NHWC without N."""
         return self.model.feature_shape(self.freeze_depth, self.input_shape)
+
+    first_step_differs: ClassVar[bool] = True
 
     def frozen_depth(self, first: bool) -> int:
         return 0 if first else self.freeze_depth

@@ -38,6 +38,9 @@ class Naive:
     eps_root: float = 0.0
 
     cumulative: ClassVar[bool] = False  # Joint: train experience t on the union of experiences 0..t
+    # Whether the first experience's step is a program of its own (LR-k: the trunk trains only then); when
+    # False, one compiled step serves every experience.
+    first_step_differs: ClassVar[bool] = False
     FROZEN_PARAMS: ClassVar[str] = "params"  # the state entry holding the network (its stem, stages 1..k: LR-k's trunk)
 
     @property
