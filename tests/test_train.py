@@ -214,8 +214,11 @@ def test_nan_loss_is_a_clear_error(tmp_path, monkeypatch):
     # ψ overflowed to inf (as a far too large step leaves it): the generated weights are inf and the
     # loss NaN. (The run's programs are the hn_run fixture's: nothing compiles again.)
     init = train.init_state
-    overflowed = lambda key, **kw: {**(s := init(key, **kw)), "psi": jax.tree_util.tree_map(
-        lambda a: jnp.full_like(a, jnp.inf), s["psi"])}
+
+    def overflowed(key, **kwargs):
+        state = init(key, **kwargs)
+        return {**state, "psi": jax.tree_util.tree_map(lambda a: jnp.full_like(a, jnp.inf), state["psi"])}
+
     monkeypatch.setattr(train, "init_state", overflowed)
     with pytest.raises(train.NonFiniteLossError, match="experience 1, epoch 1"):
         train.train_and_evaluate(tiny_config(**{"train.epochs": 1}), tmp_path)

@@ -102,6 +102,8 @@ class LatentReplay(Naive):
     replay_coef: float = 1.0
     feature_batch_size: int = 256
 
+    first_step_differs: ClassVar[bool] = True  # experience 1 trains the trunk too
+
     def __post_init__(self):
         models.check_freeze_depth(self.freeze_depth)
         for name, value, least in (("strategy.buffer_size", self.buffer_size, 0),
@@ -123,8 +125,6 @@ class LatentReplay(Naive):
     def feature_shape(self) -> tuple[int, ...]:
         """One buffer sample: g_φ's output for one input, NHWC without N."""
         return self.model.feature_shape(self.freeze_depth, self.input_shape)
-
-    first_step_differs: ClassVar[bool] = True
 
     def frozen_depth(self, first: bool) -> int:
         return 0 if first else self.freeze_depth
