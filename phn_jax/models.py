@@ -152,9 +152,9 @@ def count_params(tree) -> int:
 # Forward
 
 
-def _hwio_conv(x, kernel_hwio, stride: int, padding, lhs_dilation=(1, 1)):
+def _hwio_conv(x, kernel_hwio, stride: int, padding, lhs_dilation=(1, 1), rhs_dilation=(1, 1)):
     return jax.lax.conv_general_dilated(x, kernel_hwio, (stride, stride), padding, lhs_dilation=lhs_dilation,
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+                                        rhs_dilation=rhs_dilation, dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -163,15 +163,33 @@ def conv(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
 
     y[n, h, w, o] = Σ_{a,b,i} x_pad[n, h·s + a, w·s + b, i] · W[o, a, b, i]
 
+    An NHWC/HWIO convolution, except where the input has few channels (the RGB stem, kh·kw·Cin ≤
+    PATCH_MAX): there one matmul over the kh·kw·Cin patches, which XLA:CPU runs ~4x faster.
+
     Why a hand-written VJP: XLA:CPU runs the convolutions that JAX's own transpose rules emit
     (and any OHWI convolution) 5-20x slower inside a loop, such as the epoch's `lax.scan`, than
-    outside one. Here every convolution, forward and backward, is an NHWC/HWIO one, and the
-    kernel gradient is one matmul per kernel tap. The three (`conv`, `conv_transpose`,
-    `_kernel_grad`) have VJPs written in each other, so the second-order look-ahead, which
-    differentiates the backward pass, stays on the same fast convolutions.
+    outside one. Here every convolution, forward and backward, is an NHWC/HWIO one, the kernel
+    gradient included (`_kernel_grad`). The three (`conv`, `conv_transpose`, `_kernel_grad`) have
+    VJPs written in each other, so the second-order look-ahead, which differentiates the backward
+    pass, stays on the same fast convolutions.
     """
-    pad = kernel.shape[1] // 2
-    return _hwio_conv(x, jnp.transpose(kernel, (1, 2, 3, 0)), stride, [(pad, pad)] * 2)
+    c_out, kh, kw, c_in = kernel.shape
+    if kh * kw * c_in <= PATCH_MAX:
+        return _patches(x, kh, kw, stride) @ kernel.reshape(c_out, -1).T
+    return _hwio_conv(x, jnp.transpose(kernel, (1, 2, 3, 0)), stride, [(kh // 2, kh // 2)] * 2)
+
+
+PATCH_MAX = 32  # kh·kw·Cin up to which `conv` is a matmul over patches (the stem: 3·3·3 = 27)
+
+
+def _patches(x, kh: int, kw: int, stride: int) -> jax.Array:
+    """x [N,H,W,C] -> [N,H',W',kh·kw·C]: the padded input under each output position, (a, b, c) order."""
+    n, h, w, c = x.shape
+    ph, pw = kh // 2, kw // 2
+    xp = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+    ho, wo = (h + 2 * ph - kh) // stride + 1, (w + 2 * pw - kw) // stride + 1
+    return jnp.concatenate([xp[:, a:a + (ho - 1) * stride + 1:stride, b:b + (wo - 1) * stride + 1:stride]
+                            for a in range(kh) for b in range(kw)], -1)
 
 
 def _conv_fwd(x, kernel, stride):
@@ -187,17 +205,27 @@ def _conv_bwd(stride, residuals, g):
 def _kernel_grad(x, g, kernel_hw: tuple, stride: int):
     """∂⟨g, conv(x, W, s)⟩/∂W, x [N,H,W,Cin], g [N,H',W',Cout] -> [Cout,kh,kw,Cin]:
 
-        dW[o, a, b, i] = Σ_{n,h,w} x_pad[n, h·s + a, w·s + b, i] · g[n, h, w, o]   (one matmul per tap)
+        dW[o, a, b, i] = Σ_{n,h,w} x_pad[n, h·s + a, w·s + b, i] · g[n, h, w, o]
+
+    One NHWC/HWIO convolution with the roles swapped: x's channels i are its batch and its samples
+    n the input features; g, dilated by the stride, is the kernel (H'×W' taps, n in, o out); the
+    output's kh×kw positions are the taps (a, b): [Cin,kh,kw,Cout], transposed. (1×1 kernels: one
+    matmul.) On XLA:CPU this is 1.1-4x faster than one matmul per tap (stage 1: 4x), and x's
+    transpose, kept apart from x's producer by an optimisation barrier, is a plain copy instead of
+    a recomputation of that producer in transposed order.
 
     Its own VJP is `conv_transpose` (w.r.t. x) and `conv` (w.r.t. g).
     """
     kh, kw = kernel_hw
-    pad = kh // 2
-    ho, wo = g.shape[1:3]
-    xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    span_h, span_w = (ho - 1) * stride + 1, (wo - 1) * stride + 1
-    return jnp.stack([jnp.stack([jnp.einsum("nhwi,nhwo->oi", xp[:, a:a + span_h:stride, b:b + span_w:stride], g)
-                                 for b in range(kw)], 1) for a in range(kh)], 1)
+    (h, w), (ho, wo) = x.shape[1:3], g.shape[1:3]
+    if kh == kw == 1:
+        return jnp.einsum("nhwi,nhwo->oi", x[:, ::stride, ::stride], g)[:, None, None, :]
+    # the output is kh×kw: low padding k//2 as the forward's, high padding what is left of the window
+    padding = [(kh // 2, kh - 1 - kh // 2 + (ho - 1) * stride - (h - 1)),
+               (kw // 2, kw - 1 - kw // 2 + (wo - 1) * stride - (w - 1))]
+    x_cf = jnp.transpose(jax.lax.optimization_barrier(x), (3, 1, 2, 0))  # [Cin, H, W, N]
+    dw = _hwio_conv(x_cf, jnp.transpose(g, (1, 2, 0, 3)), 1, padding, rhs_dilation=(stride, stride))
+    return jnp.transpose(dw, (3, 1, 2, 0))
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2, 3))
