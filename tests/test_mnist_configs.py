@@ -73,9 +73,10 @@ def test_mlp_config_errors_say_what_to_do(field, value, message):
                                                     ("split-mnist", "split_mnist", 21)])
 def test_make_targets(target, config, epochs):
     def command(*variables):
-        # Under `make test` the outer make's MAKEFLAGS/MAKELEVEL would add "Entering directory" lines.
+        # Under `make test` the outer make's MAKEFLAGS/MAKELEVEL would add "Entering directory" lines. The run's
+        # command is the last line (make -n prints the install's lines before it where .venv is not installed).
         env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
-        out = subprocess.run(["make", "-n", "--no-print-directory", target, "STAMP=Makefile", *variables],
+        out = subprocess.run(["make", "-n", "--no-print-directory", target, *variables],
                              cwd=ROOT, capture_output=True, text=True, check=True, env=env).stdout
         return out.strip().splitlines()[-1]
 
@@ -95,7 +96,7 @@ def test_make_target_runs_under_mock_data(target, name, tasks, classes, shape, t
     """`make permuted-mnist` / `make split-mnist`'s command line (make -n), its MLP target shrunk to
     8-8 hidden units, 1 epoch (and 2 permutations), run under tfds' mock MNIST."""
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
-    line = subprocess.run(["make", "-n", "--no-print-directory", target, "STAMP=Makefile"], cwd=ROOT,
+    line = subprocess.run(["make", "-n", "--no-print-directory", target], cwd=ROOT,
                           capture_output=True, text=True, check=True, env=env).stdout.strip().splitlines()[-1]
     args = shlex.split(line.split("-m phn_jax.main", 1)[1])
     args[args.index("--workdir") + 1] = str(tmp_path / "run")
