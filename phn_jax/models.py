@@ -157,6 +157,9 @@ def _hwio_conv(x, kernel_hwio, stride: int, padding, lhs_dilation=(1, 1), rhs_di
                                         rhs_dilation=rhs_dilation, dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
+PATCH_MAX = 32  # kh·kw·Cin up to which `conv` is a matmul over patches (the stem: 3·3·3 = 27)
+
+
 @partial(jax.custom_vjp, nondiff_argnums=(2,))
 def conv(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
     """x [N,H,W,Cin] * kernel [Cout,kh,kw,Cin] -> [N,H',W',Cout], 'same'-style padding (k//2).
@@ -179,12 +182,9 @@ def conv(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
     return _hwio_conv(x, jnp.transpose(kernel, (1, 2, 3, 0)), stride, [(kh // 2, kh // 2)] * 2)
 
 
-PATCH_MAX = 32  # kh·kw·Cin up to which `conv` is a matmul over patches (the stem: 3·3·3 = 27)
-
-
 def _patches(x, kh: int, kw: int, stride: int) -> jax.Array:
     """x [N,H,W,C] -> [N,H',W',kh·kw·C]: the padded input under each output position, (a, b, c) order."""
-    n, h, w, c = x.shape
+    h, w = x.shape[1:3]
     ph, pw = kh // 2, kw // 2
     xp = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
     ho, wo = (h + 2 * ph - kh) // stride + 1, (w + 2 * pw - kw) // stride + 1

@@ -1,9 +1,8 @@
 """Every strategy end to end through the engine on one tiny synthetic stream (4 experiences x 2
 classes, 16x16, ResNet-10 at nf=4): Joint is the upper bound, Naive forgets more than HN (second
-order) and LR (c = 1), the
-baselines' run directories, buffers and frozen parts are what they should be, and each strategy's
-step and evaluation on a 4-device mesh equal the 1-device ones (data parallelism; the 1-device
-programs are the runs' own, compiled once in this module).
+order) and LR (c = 1), the baselines' run directories, buffers and frozen parts are what they
+should be, and each strategy's step and evaluation on a 4-device mesh equal the 1-device ones (data
+parallelism; the 1-device programs are the runs' own, compiled once in this module).
 
 The stream is made hard enough to forget on: noisy prototypes (noise 0.6) and Adam at lr 3e-3,
 20 epochs per experience; 100 test samples per class, evaluated in one batch per experience (with
