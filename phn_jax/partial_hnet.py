@@ -53,6 +53,7 @@ class PartialHypernetwork:
     def is_mlp(self) -> bool:
         return isinstance(self.net, models.MLPConfig)
 
+    @models.compiled_init("self")
     def init(self, key: jax.Array) -> tuple[dict, dict]:
         """(φ, ψ): the frozen part's initial weights ({} for the MLP) and the hypernetwork's."""
         k_model, k_hnet = jax.random.split(key)

@@ -145,12 +145,7 @@ def fold_in(key, i: int) -> jax.Array:
     return over_seeds(lambda k: jax.random.fold_in(k, i), "vmap" if key.ndim else None)(key)
 
 
-# init_state runs once per run: compiled at LLVM optimisation level 1, which halves its compile time (its
-# random initialisers are slow to compile) and gives bit-identical values (tests/test_train.py checks).
-INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
-
-
-@partial(jax.jit, static_argnames=("strategy", "seed_axis"), compiler_options=INIT_COMPILER_OPTIONS)
+@models.compiled_init("strategy", "seed_axis")
 def init_state(key, *, strategy, seed_axis):
     """`strategy.init(key)` compiled once (eagerly, each parameter's initialiser compiles on its own);
     with a seed axis, one state per key of key [S], stacked."""

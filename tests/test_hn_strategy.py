@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
+from arrays import normal
 from phn_jax import lookahead, models
 from phn_jax.partial_hnet import PartialHypernetwork
 from phn_jax.strategies.hn import HN
@@ -26,9 +27,9 @@ def test_chunked_hypernetwork_trains_through_the_lookahead():
     model = PartialHypernetwork.create(models.ResNetConfig(num_classes=2, nf=4, blocks_per_stage=(1, 1, 1, 1)), 3, num_tasks=2, kind="chunked",
                                        embedding_dim=8, hidden_dims=(16, 8), chunk_dim=512, chunk_embedding_dim=4)
     hn = HN(model, lr=1e-2, order="first")
-    kx, ky, kinit = jax.random.split(jax.random.key(0), 3)
+    kinit = jax.random.key(0)
     # 16x16: stage 4 keeps 2x2 pixels for the generated layers' per-sample norm
-    batch = {"x": jax.random.normal(kx, (8, 16, 16, 3)), "y": jax.random.randint(ky, (8,), 0, 2),
+    batch = {"x": normal(1, (8, 16, 16, 3)), "y": np.random.default_rng(2).integers(0, 2, 8, np.int32),
              "mask": jnp.ones(8, bool), "task": jnp.zeros(8, jnp.int32)}
     step = jax.jit(hn.train_step, static_argnums=4)
     state = quick_state(hn, kinit)
@@ -78,8 +79,8 @@ def test_hn_logits_of_every_task_equal_its_one_task_evaluation():
     # distinct per-task tables, so a mixed-up task index could not pass
     psi = state["psi"]
     state["psi"] = {**psi, "heads": jax.tree_util.tree_map(
-        lambda x: x + 0.5 * jax.random.normal(jax.random.key(1), x.shape), psi["heads"])}
-    x = jax.random.normal(jax.random.key(2), (5, 16, 16, 3))
+        lambda x: x + normal(1, x.shape, scale=0.5), psi["heads"])}
+    x = normal(2, (5, 16, 16, 3))
     mask = jnp.array([True] * 4 + [False])
     ctx = hn.eval_context(state)
     all_tasks = jax.jit(hn.eval_logits_all_tasks)(state, ctx, x, mask)

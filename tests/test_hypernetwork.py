@@ -6,6 +6,7 @@ import numpy as np
 import optax
 import pytest
 
+from arrays import normal
 from phn_jax import models
 from phn_jax.hypernetwork import Hypernetwork, build_hypernetwork
 from phn_jax.partial_hnet import PartialHypernetwork
@@ -61,7 +62,7 @@ class VmapTest(chex.TestCase):
         psi = model.hnet.init(jax.random.key(0))
         # distinct per-task tables, so a wrong task index could not pass
         psi["heads"] = jax.tree_util.tree_map(
-            lambda x: x + jax.random.normal(jax.random.key(1), x.shape), psi["heads"])
+            lambda x: x + normal(1, x.shape), psi["heads"])
         ids = jnp.array([2, 0, 3, 1])
         batched = self.variant(model.generate_all)(psi, ids)
         for n, t in enumerate(ids):
@@ -74,7 +75,7 @@ def test_gradients_reach_used_hnet_params_and_not_frozen(k):
     model = PartialHypernetwork.create(models.ResNetConfig(num_classes=5, blocks_per_stage=(1, 1, 1, 1)), k, num_tasks=3)
     phi, psi = model.init(jax.random.key(0))
     # 16x16: stage 4 keeps 2x2 pixels (instance norm over a single pixel would output β alone)
-    x = jax.random.normal(jax.random.key(1), (6, 16, 16, 3))
+    x = normal(1, (6, 16, 16, 3))
     y = jnp.arange(6) % 5
     t = 1
 
@@ -102,7 +103,7 @@ def test_batchnorm_option_keeps_per_task_statistics():
     model = PartialHypernetwork.create(models.ResNetConfig(num_classes=5), 2, num_tasks=3, norm="batchnorm")
     phi, psi = model.init(jax.random.key(0))
     stats = model.init_stats(phi)
-    x = jax.random.normal(jax.random.key(1), (4, 8, 8, 3)) + 2.0
+    x = normal(1, (4, 8, 8, 3)) + 2.0
     _, new = model.logits(phi, psi, x, 1, train=True, stats=stats)
     means = new["stateless"]["stage3"]["block1"]["bn1"]["mean"]
     assert means.shape == (3, 80)
@@ -156,7 +157,7 @@ def test_chunked_against_direct_formula():
     """v_i = W_out act(W2 act(W1 [e_t ; c_i] + b1) + b2) + b_out, concatenated, cut, unflattened (NumPy)."""
     hnet = build_hypernetwork("chunked", SMALL_TARGET, activation="elu", **SMALL_CHUNKED)
     psi = hnet.init(jax.random.key(3))
-    psi["tables"] = jax.tree_util.tree_map(lambda x: x + jax.random.normal(jax.random.key(4), x.shape),
+    psi["tables"] = jax.tree_util.tree_map(lambda x: x + normal(4, x.shape),
                                            psi["tables"])
     p = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float64), psi)
     elu = lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0)))
@@ -189,7 +190,7 @@ def test_both_kinds_generate_exactly_the_target_pytree_and_vmap(kind):
     # vmap over task ids equals one task at a time (k = 4: classifier only; distinct tables)
     model = PartialHypernetwork.create(cfg, 4, num_tasks=4, kind=kind, chunk_dim=64)
     # distinct per-task tables (they start equal), so a wrong task index could not pass
-    psi = jax.tree_util.tree_map(lambda x: x + 0.1 * jax.random.normal(jax.random.key(2), x.shape),
+    psi = jax.tree_util.tree_map(lambda x: x + normal(2, x.shape, scale=0.1),
                                  model.hnet.init(jax.random.key(0)))
     ids = jnp.array([2, 0, 3, 1])
     batched = jax.jit(model.generate_all)(psi, ids)
@@ -226,7 +227,7 @@ def test_mlp_target_is_generated_whole_by_the_chunked_hypernetwork():
     assert hnet.num_params() == 2 * 4 + (7 * 5 + 5) + (5 * 50 + 50) + 6 * 3
     phi, psi = model.init(jax.random.key(0))
     assert phi == {} and model.init_stats(phi) is None
-    x = jax.random.normal(jax.random.key(1), (4, 4, 4, 1))
+    x = normal(1, (4, 4, 4, 1))
     for t in range(2):
         w = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), hnet.apply(psi, t))
         h = np.asarray(x, np.float64).reshape(4, 16)

@@ -6,18 +6,17 @@ import numpy as np
 import pytest
 from scipy import signal
 
+from arrays import normal, perturbed
 from phn_jax import models
 
 CFG = models.ResNetConfig(num_classes=10)
 PARAMS = models.init_resnet(jax.random.key(0), CFG)
-X = jax.random.normal(jax.random.key(1), (4, 8, 8, 3))
+X = normal(1, (4, 8, 8, 3))
 
 
-def _perturb(tree, key, scale=0.3):
+def _perturb(tree, seed, scale=0.3):
     """Non-trivial norm affines, so that the split tests do not pass by γ=1, β=0 alone."""
-    leaves, treedef = jax.tree_util.tree_flatten(tree)
-    keys = jax.random.split(key, len(leaves))
-    return treedef.unflatten([x + scale * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+    return perturbed(tree, seed, scale)
 
 
 def test_main_model_parameter_count():
@@ -45,8 +44,8 @@ def test_split_is_a_partition():
 @pytest.mark.parametrize("k", range(5))
 @pytest.mark.parametrize("train", [True, False])
 def test_split_equals_uncut_with_batchnorm(k, train):
-    params = _perturb(PARAMS, jax.random.key(2))
-    stats = _perturb(models.init_batch_stats(PARAMS), jax.random.key(3), 0.1)
+    params = _perturb(PARAMS, 2)
+    stats = _perturb(models.init_batch_stats(PARAMS), 3, 0.1)
     stats = jax.tree_util.tree_map(jnp.abs, stats)  # variances stay positive
     y_full, s_full = models.apply(params, X, CFG, train=train, stats=stats)
     phi, omega = models.split_params(params, k)
@@ -64,9 +63,10 @@ def test_split_equals_uncut_with_batchnorm(k, train):
 @pytest.mark.parametrize("k", [1, 2, 3])
 def test_reference_norm_batch_dependence(k):
     """Stateless part: per-sample; frozen part: batch statistics, in eval too."""
-    x = jax.random.normal(jax.random.key(4), (3, 16, 16, 3))
-    x_other = x.at[1:].set(jax.random.normal(jax.random.key(5), (2, 16, 16, 3)) * 3 + 1)
-    phi, omega = models.split_params(_perturb(PARAMS, jax.random.key(6)), k)
+    x = normal(4, (3, 16, 16, 3))
+    x_other = x.copy()
+    x_other[1:] = normal(5, (2, 16, 16, 3)) * 3 + 1
+    phi, omega = models.split_params(_perturb(PARAMS, 6), k)
     z, _ = models.frozen_apply(phi, x, k, CFG, train=False)
     z_other, _ = models.frozen_apply(phi, x_other, k, CFG, train=False)
     assert not np.allclose(z[0], z_other[0], atol=1e-3)
@@ -105,7 +105,7 @@ def test_masked_batch_statistics_ignore_padding(mode):
     """A padded batch gives the real samples the outputs (and running stats) of the unpadded one."""
     p = {"scale": jnp.array([1.2, 0.7]), "bias": jnp.array([0.1, -0.3])}
     stats = {"mean": jnp.zeros(2), "var": jnp.ones(2)}
-    x = jax.random.normal(jax.random.key(7), (5, 3, 3, 2))
+    x = normal(7, (5, 3, 3, 2))
     padded = jnp.concatenate([x, 100 * jnp.ones((3, 3, 3, 2))])
     mask = jnp.arange(8) < 5
     y, s = models.normalize(p, stats, x, mode, True)
@@ -132,23 +132,22 @@ def test_conv_vjp_against_xla_autodiff(stride, size):
 
 
 def _check_conv_vjp(stride, size):
-    x = jax.random.normal(jax.random.key(8), (2, 7, 6, 3), jnp.float64)
-    w = jax.random.normal(jax.random.key(9), (4, size, size, 3), jnp.float64)
+    x = normal(8, (2, 7, 6, 3), np.float64)
+    w = normal(9, (4, size, size, 3), np.float64)
     pad = size // 2
 
     def reference(x, w):
         return jax.lax.conv_general_dilated(x, w, (stride, stride), [(pad, pad)] * 2,
                                             dimension_numbers=("NHWC", "OHWI", "NHWC"))
 
-    cotangent = jax.random.normal(jax.random.key(10), reference(x, w).shape, jnp.float64)
+    cotangent = normal(10, reference(x, w).shape, np.float64)
     ours = jax.vjp(lambda x, w: models.conv(x, w, stride), x, w)[1](cotangent)
     theirs = jax.vjp(reference, x, w)[1](cotangent)
     chex.assert_trees_all_close(ours, theirs, rtol=1e-10, atol=1e-10)
     # the VJP of the VJP (what the second-order look-ahead differentiates): conv_transpose's and
     # the kernel gradient's own hand-written VJPs against JAX's second derivative
     backward = lambda conv_fn: lambda x, w, c: jax.vjp(conv_fn, x, w)[1](c)
-    outer = (jax.random.normal(jax.random.key(11), x.shape, jnp.float64),
-             jax.random.normal(jax.random.key(12), w.shape, jnp.float64))
+    outer = (normal(11, x.shape, np.float64), normal(12, w.shape, np.float64))
     ours2 = jax.vjp(backward(lambda x, w: models.conv(x, w, stride)), x, w, cotangent)[1](outer)
     theirs2 = jax.vjp(backward(reference), x, w, cotangent)[1](outer)
     chex.assert_trees_all_close(ours2, theirs2, rtol=1e-10, atol=1e-10)
@@ -173,7 +172,7 @@ def test_mlp_layers_and_forward_equal_a_numpy_forward():
     assert MLP.layers() == (("fc1", 16, 8), ("fc2", 8, 8), ("classifier", 8, 6))
     params = models.init_mlp(jax.random.key(0), MLP)
     assert models.count_params(params) == 16 * 8 + 8 + 8 * 8 + 8 + 8 * 6 + 6
-    x = jax.random.normal(jax.random.key(1), (5, 4, 4, 1))
+    x = normal(1, (5, 4, 4, 1))
     p = {k: {n: np.asarray(v, np.float64) for n, v in layer.items()} for k, layer in params.items()}
     h = np.asarray(x, np.float64).reshape(5, 16)
     for name in ("fc1", "fc2"):

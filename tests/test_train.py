@@ -12,7 +12,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from phn_jax import checkpoint, data, main, report, train
+from phn_jax import checkpoint, data, main, models, report, train
 from phn_jax.config import ConfigError, base_config, check_config, load_config
 from phn_jax.strategies import create_strategy
 
@@ -312,7 +312,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_results(hn_run, tmp_path,
 
 
 def test_init_state_at_optimisation_level_1_equals_the_default_compile():
-    """init_state's cheaper compile (train.INIT_COMPILER_OPTIONS) gives the same bits as XLA's default
+    """init_state's cheaper compile (models.INIT_COMPILER_OPTIONS) gives the same bits as XLA's default
     (its program is the hn_run fixture's, compiled already)."""
     s = train.setup(tiny_config())
     key, _ = train.split_key(s.key())

@@ -67,6 +67,7 @@ class EWC(Naive):
     def reg_weight(self) -> float:
         return self.ewc_lambda
 
+    @models.compiled_init("self")
     def init(self, key):
         state = super().init(key)
         stacked = jax.tree_util.tree_map(lambda p: jnp.zeros((self.num_tasks,) + p.shape, p.dtype), state["params"])

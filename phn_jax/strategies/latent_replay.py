@@ -129,6 +129,7 @@ class LatentReplay(Naive):
     def frozen_depth(self, first: bool) -> int:
         return 0 if first else self.freeze_depth
 
+    @models.compiled_init("self")
     def init(self, key):
         m, c = self.buffer_size, self.model.resnet.num_classes
         buffer = {"z": jnp.zeros((m, *self.feature_shape), jnp.float32), "y": jnp.zeros((m,), jnp.int32),

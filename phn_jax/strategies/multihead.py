@@ -47,6 +47,7 @@ class MultiHeadResNet:
         """`models.normalize` mode of every norm layer: 'batch' (reference) or 'running'."""
         return "running" if self.norm == "batchnorm" else "batch"
 
+    @models.compiled_init("self")
     def init(self, key: jax.Array) -> tuple[Params, Params | None]:
         """(θ, running statistics or None): the uncut ResNet's parameters with 'classifier' holding
         T heads, {'kernel': [T, D, C], 'bias': [T, C]}, each initialised as PyTorch's nn.Linear."""

@@ -64,6 +64,7 @@ class Naive:
         """R(θ), unweighted; Naive has none."""
         return jnp.zeros(())
 
+    @models.compiled_init("self")
     def init(self, key: jax.Array):
         params, stats = self.model.init(key)
         return {"params": params, "opt": self.optimizer.init(params), "stats": stats or {}}
