@@ -267,8 +267,10 @@ def cases(parts) -> list[tuple[str, object, int]]:
 
 
 def ratios(timings: list[Timing]) -> dict[str, float]:
-    """Second over first order at each k; S seeds' images/s over one seed's; our full-network steps
-    over PyTorch's plain step (time)."""
+    """Second over first order at each k (time, and FLOPs from XLA's cost analysis: the exact second
+    order's Hessian-vector product adds 6 convolutions to the gradient's 3 in every generated layer,
+    so where every layer is generated its FLOPs approach 3× first order's); S seeds' images/s over one
+    seed's; our full-network steps over PyTorch's plain step (time)."""
     by = {t.name: t for t in timings}
     out = {}
     torch_step = next((t for t in timings if t.name.startswith(TORCH_STEP)), None)
@@ -276,8 +278,12 @@ def ratios(timings: list[Timing]) -> dict[str, float]:
         if name in by:
             out[f"{name} / PyTorch plain step (time)"] = by[name].ms_median / torch_step.ms_median
     for k in range(5):
-        if f"HN-{k} second" in by and f"HN-{k} first" in by:
-            out[f"HN-{k} second / first order (time)"] = by[f"HN-{k} second"].ms_median / by[f"HN-{k} first"].ms_median
+        first, second = by.get(f"HN-{k} first"), by.get(f"HN-{k} second")
+        if first and second:
+            out[f"HN-{k} second / first order (time)"] = second.ms_median / first.ms_median
+            if first.gflop_per_s and second.gflop_per_s:  # the work itself: GFLOP/s × ms = FLOPs per step
+                out[f"HN-{k} second / first order (FLOPs)"] = (second.gflop_per_s * second.ms_median
+                                                              / (first.gflop_per_s * first.ms_median))
     for what in ("HN-3 first", "HN-3 experience 1"):
         one = by.get(f"{what}, 1 seed")
         for n in (3, 8):

@@ -5,8 +5,8 @@ import pytest
 from phn_jax import bench
 
 
-def _t(name, ms, seeds=1):
-    return bench.Timing(name, seeds, ms, ms, ms, 1e3 * bench.BATCH * seeds / ms, None, None, 1.0, 0.5)
+def _t(name, ms, seeds=1, gflop_per_s=None):
+    return bench.Timing(name, seeds, ms, ms, ms, 1e3 * bench.BATCH * seeds / ms, gflop_per_s, None, 1.0, 0.5)
 
 
 def test_ratios_and_table():
@@ -16,7 +16,11 @@ def test_ratios_and_table():
     assert r["HN-0 second / first order (time)"] == pytest.approx(1.8)
     assert r["HN-3 first: 3 seeds (map) / 1 seed (images/s)"] == pytest.approx(1.0)
     assert r["HN-3 first: 3 seeds (vmap) / 1 seed (images/s)"] == pytest.approx(2.0)
-    assert len(r) == 3
+    assert len(r) == 3  # no GFLOP/s: no FLOP ratio
+    # FLOPs per step = GFLOP/s × time: 2 × 180 against 3 × 100
+    flops = bench.ratios([_t("HN-1 first", 100.0, gflop_per_s=3.0), _t("HN-1 second", 180.0, gflop_per_s=2.0)])
+    assert flops == {"HN-1 second / first order (time)": pytest.approx(1.8),
+                     "HN-1 second / first order (FLOPs)": pytest.approx(1.2)}
     md = bench.markdown(timings, r, {"platform": "cpu", "device": "cpu", "cpu": "x86_64", "jax": "0"})
     assert "| HN-0 second | 1 | 180.0 (180.0–180.0) | 356 | n/a | n/a | 1.0 / 0.5 |" in md
     assert "| HN-0 second / first order (time) | 1.80 |" in md
