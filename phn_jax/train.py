@@ -147,8 +147,8 @@ def fold_in(key, i: int) -> jax.Array:
 
 @models.compiled_init("strategy", "seed_axis")
 def init_state(key, *, strategy, seed_axis):
-    """`strategy.init(key)` compiled once (eagerly, each parameter's initialiser compiles on its own);
-    with a seed axis, one state per key of key [S], stacked."""
+    """`strategy.init(key)` as one compiled program (models.compiled_init); with a seed axis, one state
+    per key of key [S], stacked."""
     return over_seeds(strategy.init, seed_axis)(key)
 
 
