@@ -143,7 +143,7 @@ $(TORCH_VENV)/.installed: requirements-torch.txt
 	touch $@
 
 .PHONY: bench-torch
-bench-torch: $(STAMP) $(TORCH_VENV)/.installed ## our full-network steps (Naive, experience 1 of HN-0 and HN-3) against a plain PyTorch step of the same network, one sitting: runs/bench-torch/bench.{json,md}; installs torch (CPU) into .venv-torch on first use (TORCH_PYTHON=python3, TORCH_INDEX=)
+bench-torch: $(STAMP) $(TORCH_VENV)/.installed ## our full-network steps (Naive, experience 1 of HN-0 and HN-3) against a plain PyTorch step of the same network, their steps alternating in one sitting: runs/bench-torch/bench.{json,md}; installs torch (CPU) into .venv-torch on first use (TORCH_PYTHON=python3, TORCH_INDEX=)
 	$(PY) -m phn_jax.bench --parts torch --torch-python $(TORCH_VENV)/bin/python --out $(RUNS)/bench-torch $(if $(STEPS),--steps $(STEPS))
 
 .PHONY: data

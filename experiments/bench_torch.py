@@ -10,6 +10,10 @@ is what a plain training loop does: forward, cross-entropy, backward, Adam (lr 1
 of 64 random 32×32×3 images in float32, on the GPU when torch sees one (each step timed to its end:
 torch.cuda.synchronize), else on the CPU with torch's default threads. Prints, and writes with
 --json, ms per step (median, min, max over --steps steps after 2 warm-up steps) and images/s.
+
+With --serve it times one step per line read from stdin and answers each with that step's seconds,
+after a first line of JSON that describes it: `make bench-torch` alternates these steps with ours
+(`phn_jax.bench.time_interleaved`).
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import time
 
 import torch
@@ -63,7 +68,9 @@ class SlimResNet18(nn.Module):
         return self.linear(F.avg_pool2d(out, 4).flatten(1))
 
 
-def time_steps(steps: int) -> dict:
+def make_step():
+    """(step, info): step() runs one training step to its end and returns its seconds; info
+    describes it (name, torch version, threads, device)."""
     torch.manual_seed(0)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -71,28 +78,46 @@ def time_steps(steps: int) -> dict:
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     x = torch.randn(BATCH, 3, 32, 32, device=device)
     y = torch.randint(0, 10, (BATCH,), device=device)
-    times = []
-    for _ in range(steps + 2):
+
+    def step() -> float:
         tic = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(x), y)
         loss.backward()
         opt.step()
         sync()
-        times.append(time.perf_counter() - tic)
-    times = times[2:]
-    med = statistics.median(times)
-    return {"name": "PyTorch plain step (slim ResNet-18)", "ms_median": 1e3 * med, "ms_min": 1e3 * min(times),
-            "ms_max": 1e3 * max(times), "images_per_s": BATCH / med, "torch": torch.__version__,
+        return time.perf_counter() - tic
+
+    info = {"name": "PyTorch plain step (slim ResNet-18)", "torch": torch.__version__,
             "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
             "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu"}
+    return step, info
+
+
+def time_steps(steps: int) -> dict:
+    step, info = make_step()
+    times = [step() for _ in range(steps + 2)][2:]
+    med = statistics.median(times)
+    return {**info, "ms_median": 1e3 * med, "ms_min": 1e3 * min(times), "ms_max": 1e3 * max(times),
+            "images_per_s": BATCH / med}
+
+
+def serve() -> None:
+    """One step per line of stdin, its seconds printed back; EOF ends it."""
+    step, info = make_step()
+    print(json.dumps(info), flush=True)
+    for _ in sys.stdin:
+        print(repr(step()), flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--json", default=None, help="also write the figures to this file")
+    parser.add_argument("--serve", action="store_true", help="time one step per line of stdin (see above)")
     args = parser.parse_args()
+    if args.serve:
+        return serve()
     result = time_steps(args.steps)
     print(f"{result['name']}: {result['ms_median']:.1f} ms/step (torch {result['torch']}, {result['device']}, "
           f"{result['threads']} threads)", flush=True)

@@ -15,6 +15,10 @@ paper's shapes: 20 experiences of 5 classes, 32×32×3 uint8 images, batch 64, s
 the same at every t ≥ 1: it generates the weights of every task); the experience-1 step (t = 0)
 trains the whole network. Training images get Split-CIFAR100's augmentation (random crop and flip).
 
+Programs whose figures a ratio compares are timed together (`time_interleaved`): in rounds that
+alternate their order (A B C, C B A, ...), so that the machine's drift over minutes, which on a
+shared 2-core machine moves a step's median by 10-20 % between sittings, falls on each alike.
+
 For each program: ms per step (median, min, max over `--steps` steps after two warm-up steps),
 images/s (= seeds · batch / median step), GFLOP/s (XLA's cost analysis of the compiled program,
 flops / median step), its memory (arguments + outputs + temporaries − aliased, from XLA's memory
@@ -26,10 +30,10 @@ Parts:
   seeds  HN-3 (first order) and its experience-1 step with 1, 3 and 8 seeds in one program
          (`config.seeds`): images/s summed over seeds
   eval   evaluation of 20 tasks on their test sets (500 images each), as after the last experience
-  torch  our full-network steps (Naive; the experience-1 step of HN-0 and HN-3), then a plain PyTorch
-         step of the same slim ResNet-18 (`experiments/bench_torch.py`, run by --torch-python in its
-         own environment, right after ours, on the GPU when that torch sees one): each of ours over
-         PyTorch's time
+  torch  our full-network steps (Naive; the experience-1 step of HN-0 and HN-3) and a plain PyTorch
+         step of the same slim ResNet-18 (`experiments/bench_torch.py --serve`, run by --torch-python
+         in its own environment, its steps alternating with ours; on the GPU when that torch sees
+         one): each of ours over PyTorch's time
   run    a real run (`train.train_and_evaluate`, evaluation with task inference as `make cifar100`
          does it) of HN-3 on Split-CIFAR100's sizes (20 × 5 classes, 500 training and 100 test
          images per class) for --run-epochs epochs per experience, and from it the projected wall
@@ -51,6 +55,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import jax
 import numpy as np
@@ -66,6 +71,7 @@ DEFAULT_PARTS = ("steps", "seeds", "eval")
 TORCH_SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "bench_torch.py"
 TORCH_STEP = "PyTorch plain step"
 FULL_NETWORK = ("Naive", "HN-0 experience 1", "HN-3 experience 1")  # our steps that train the whole network
+ROUNDS = 4             # rounds of `time_interleaved`
 
 
 def bench_config(strategy: str = "hn", freeze_depth: int = 3, order: str = "first", seeds: tuple = (),
@@ -132,30 +138,64 @@ def _batch(s: train.Setup, t: int):
     return (*runtime.replicate((images, labels, tasks), s.mesh), s.stack([BATCH] * len(s.seeds)))
 
 
-def time_step(name: str, config, t: int, steps: int) -> Timing:
-    """The training step of experience t of `config` (one batch per call of `train_epoch`)."""
+@dataclasses.dataclass
+class Program:
+    """A program ready to time: step() runs it once, to its end, and returns its seconds."""
+
+    name: str
+    seeds: int
+    images: int                     # images per call
+    step: Callable[[], float]
+    compiled: object = None         # XLA's compiled program (its cost and memory analysis); None: not ours
+    compile_cold_s: float = 0.0
+    compile_warm_s: float = 0.0
+    flops_per_call: int = 1         # XLA's cost analysis counts a loop's body once
+    close: Callable[[], object] = lambda: None
+
+
+def time_interleaved(programs: list[Program], steps: int, rounds: int = ROUNDS, warmup: int = 2) -> list[Timing]:
+    """Each program's figures from `steps` timed calls (after `warmup` untimed ones each), made in
+    `rounds` rounds of ⌈steps / rounds⌉ calls per program that alternate the programs' order (A B C,
+    then C B A, ...): a slow drift of the machine falls on every program alike, so their ratios
+    hold though their absolute times move."""
+    for p in programs:
+        for _ in range(warmup):
+            p.step()
+    times = {p.name: [] for p in programs}
+    rounds = max(1, min(rounds, steps))
+    per_round = -(-steps // rounds)
+    for r in range(rounds):
+        for p in (programs if r % 2 == 0 else programs[::-1]):
+            for _ in range(min(per_round, steps - len(times[p.name]))):
+                times[p.name].append(p.step())
+    return [_timing(p, times[p.name]) for p in programs]
+
+
+def step_program(name: str, config, t: int) -> Program:
+    """The training step of experience t of `config` (one batch per call of `train_epoch`), compiled."""
     s = train.setup(config)
     k_init, _ = train.split_key(s.key())
     state = train.init_state(k_init, strategy=s.strategy, seed_axis=s.seed_axis)
     state = train.begin_experience(state, t, strategy=s.strategy, seed_axis=s.seed_axis)
-    state = runtime.replicate(state, s.mesh)
+    carry = [runtime.replicate(state, s.mesh)]
     arrays = _batch(s, t)
     key = train.fold_in(s.key(), 7)
     kwargs = dict(strategy=s.strategy, spec=s.stream.experiences[t].preprocess, batch_size=BATCH, first=s.first(t),
                   mesh=s.mesh, seed_axis=s.seed_axis)
-    compiled, cold, warm = _compile(train.train_epoch, (state, *arrays, t, key), kwargs)
-    times = []
-    for i in range(steps + 2):
+    compiled, cold, warm = _compile(train.train_epoch, (carry[0], *arrays, t, key), kwargs)
+
+    def step() -> float:
         tic = time.perf_counter()
-        state, m = compiled(state, *arrays, t, key)
-        jax.block_until_ready((state, m))
-        times.append(time.perf_counter() - tic)
-    # XLA's cost analysis counts a loop's body once: lax.map's body is one seed's step
+        carry[0], m = compiled(carry[0], *arrays, t, key)  # the state is donated: carry the new one
+        jax.block_until_ready((carry[0], m))
+        return time.perf_counter() - tic
+
+    # lax.map's body is one seed's step
     loops = len(s.seeds) if s.seed_axis == "map" else 1
-    return _timing(name, len(s.seeds), times[2:], compiled, cold, warm, BATCH * len(s.seeds), flops_per_call=loops)
+    return Program(name, len(s.seeds), BATCH * len(s.seeds), step, compiled, cold, warm, loops)
 
 
-def time_eval(name: str, config, repeats: int) -> Timing:
+def eval_program(name: str, config) -> Program:
     """Evaluation after the last experience: every task's test set, ω of all tasks generated once."""
     s = train.setup(config)
     k_init, _ = train.split_key(s.key())
@@ -167,30 +207,52 @@ def time_eval(name: str, config, repeats: int) -> Timing:
     x, y, n = tests[0]
     compiled, cold, warm = _compile(train.evaluate, (state, train.eval_context(state, strategy=s.strategy, seed_axis=None), x, y, n, 0,
                                                      key), kwargs)
-    times = []
-    for _ in range(repeats + 1):
+
+    def step() -> float:
         tic = time.perf_counter()
         context = train.eval_context(state, strategy=s.strategy, seed_axis=None)
-        accs = [compiled(state, context, x, y, n, j, key) for j, (x, y, n) in enumerate(tests)]
-        jax.block_until_ready(accs)
-        times.append(time.perf_counter() - tic)
+        jax.block_until_ready([compiled(state, context, x, y, n, j, key) for j, (x, y, n) in enumerate(tests)])
+        return time.perf_counter() - tic
+
     images = sum(int(n) for _, _, n in tests)
-    return _timing(name, 1, times[1:], compiled, cold, warm, images, flops_per_call=len(tests))
+    return Program(name, 1, images, step, compiled, cold, warm, flops_per_call=len(tests))
 
 
-def time_torch(python: str, steps: int) -> Timing:
-    """The plain PyTorch step, timed by `experiments/bench_torch.py` under the interpreter `python`."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "torch.json"
-        done = subprocess.run([python, str(TORCH_SCRIPT), "--steps", str(steps), "--json", str(out)],
-                              capture_output=True, text=True)
-        if done.returncode != 0:
+def torch_program(python: str) -> Program:
+    """The plain PyTorch step, run by `experiments/bench_torch.py --serve` under the interpreter
+    `python` (its own environment): one step per request, timed there."""
+    errors = tempfile.TemporaryFile("w+")
+    server = subprocess.Popen([python, str(TORCH_SCRIPT), "--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=errors, text=True)
+
+    def close() -> str:
+        """Ends the server (EOF on its stdin); returns what it wrote to stderr (once)."""
+        if errors.closed:
+            return ""
+        server.stdin.close()
+        server.wait()
+        server.stdout.close()
+        errors.seek(0)
+        message = errors.read()
+        errors.close()
+        return message
+
+    def answer() -> str:
+        line = server.stdout.readline()
+        if not line:
             raise RuntimeError(f"{TORCH_SCRIPT.name} failed under {python} (make bench-torch installs torch into "
-                               f".venv-torch):\n{done.stderr[-2000:]}")
-        r = json.loads(out.read_text())
+                               f".venv-torch):\n{close()[-2000:]}")
+        return line
+
+    def step() -> float:
+        server.stdin.write("step\n")
+        server.stdin.flush()
+        return float(answer())
+
+    r = json.loads(answer())
     where = r.get("device", "cpu")
     name = f"{TORCH_STEP} (torch {r['torch']}, " + (f"{r['threads']} threads)" if where == "cpu" else f"{where})")
-    return Timing(name, 1, r["ms_median"], r["ms_min"], r["ms_max"], r["images_per_s"], None, None, 0.0, 0.0)
+    return Program(name, 1, BATCH, step, close=close)
 
 
 def cifar100_config(epochs: int):
@@ -238,32 +300,35 @@ def time_run(epochs: int) -> dict:
                 history, times, PAPER_EPOCHS)}
 
 
-def _timing(name, seeds, times, compiled, cold, warm, images, flops_per_call: int = 1) -> Timing:
-    flops, mb = _cost(compiled)
+def _timing(p: Program, times: list[float]) -> Timing:
+    flops, mb = _cost(p.compiled) if p.compiled is not None else (None, None)
     med = statistics.median(times)
-    return Timing(name, seeds, 1e3 * med, 1e3 * min(times), 1e3 * max(times), images / med,
-                  None if flops is None else flops_per_call * flops / med / 1e9, mb, cold, warm)
+    return Timing(p.name, p.seeds, 1e3 * med, 1e3 * min(times), 1e3 * max(times), p.images / med,
+                  None if flops is None else p.flops_per_call * flops / med / 1e9, mb, p.compile_cold_s,
+                  p.compile_warm_s)
 
 
-def cases(parts) -> list[tuple[str, object, int]]:
-    """(name, config, experience) of every program to time."""
+def cases(parts) -> list[list[tuple[str, object, int]]]:
+    """(name, config, experience) of every training step to time, in the groups that are timed
+    together (`time_interleaved`: what a ratio compares is in one group); config None: PyTorch's
+    step (`torch_program`)."""
+    full_network = [("Naive", bench_config("naive", 0), 1), ("HN-0 experience 1", bench_config("hn", 0), 0),
+                    ("HN-3 experience 1", bench_config("hn", 3), 0)]
     out = []
     if "steps" in parts:
-        for k in range(5):
-            out += [(f"HN-{k} {order}", bench_config("hn", k, order), 1) for order in ("none", "first", "second")]
-            out.append((f"HN-{k} experience 1", bench_config("hn", k), 0))
-        out += [("Naive", bench_config("naive", 0), 1), ("EWC", bench_config("ewc", 0), 1),
-                ("LR-3", bench_config("lr", 3), 1)]
-    if "torch" in parts and "steps" not in parts:
-        out += [("Naive", bench_config("naive", 0), 1), ("HN-0 experience 1", bench_config("hn", 0), 0),
-                ("HN-3 experience 1", bench_config("hn", 3), 0)]
+        out += [[(f"HN-{k} {order}", bench_config("hn", k, order), 1) for order in ("none", "first", "second")]
+                for k in range(5)]
+        out.append([(f"HN-{k} experience 1", bench_config("hn", k), 0) for k in range(5)])
+        out.append(full_network[:1] + [("EWC", bench_config("ewc", 0), 1), ("LR-3", bench_config("lr", 3), 1)])
+    if "torch" in parts:  # the full-network steps are timed beside PyTorch's instead
+        out = [[c for c in group if c[0] not in FULL_NETWORK] for group in out]
+        out.append(full_network + [(TORCH_STEP, None, None)])
     if "seeds" in parts:
         for t, what in ((1, "HN-3 first"), (0, "HN-3 experience 1")):
-            out.append((f"{what}, 1 seed", bench_config("hn", 3), t))
-            for n in (3, 8):
-                out += [(f"{what}, {n} seeds {axis}", bench_config("hn", 3, "first", tuple(range(n)), axis), t)
-                        for axis in train.SEED_AXES]
-    return out
+            out.append([(f"{what}, 1 seed", bench_config("hn", 3), t)] + [
+                (f"{what}, {n} seeds {axis}", bench_config("hn", 3, "first", tuple(range(n)), axis), t)
+                for n in (3, 8) for axis in train.SEED_AXES])
+    return [group for group in out if group]
 
 
 def ratios(timings: list[Timing]) -> dict[str, float]:
@@ -354,16 +419,20 @@ def main(argv=None) -> dict:
     machine = {"platform": dev.platform, "device": dev.device_kind, "cpu": platform.processor() or platform.machine(),
                "jax": jax.__version__}
     timings, run = [], None
-    for name, config, t in cases(parts):
-        timings.append(time_step(name, config, t, args.steps))
-        print(f"{name}: {timings[-1].ms_median:.1f} ms/step, {timings[-1].images_per_s:.0f} images/s", flush=True)
+    for group in cases(parts):
+        programs = [torch_program(args.torch_python) if config is None else step_program(name, config, t)
+                    for name, config, t in group]
+        try:
+            timings += time_interleaved(programs, args.steps)
+        finally:
+            for p in programs:
+                p.close()
+        for timing in timings[-len(programs):]:
+            print(f"{timing.name}: {timing.ms_median:.1f} ms/step, {timing.images_per_s:.0f} images/s", flush=True)
         write(out, timings, machine)
     if "eval" in parts:
-        timings.append(time_eval(f"evaluation of {TASKS} tasks (HN-3)", bench_config("hn", 3), args.steps))
-        write(out, timings, machine)
-    if "torch" in parts:
-        timings.append(time_torch(args.torch_python, args.steps))
-        print(f"{timings[-1].name}: {timings[-1].ms_median:.1f} ms/step", flush=True)
+        timings += time_interleaved([eval_program(f"evaluation of {TASKS} tasks (HN-3)", bench_config("hn", 3))],
+                                    args.steps, warmup=1)
         write(out, timings, machine)
     if "run" in parts:
         run = time_run(args.run_epochs)

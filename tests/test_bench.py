@@ -27,10 +27,12 @@ def test_ratios_and_table():
 
 
 def test_cases_cover_every_depth_and_order():
-    names = [name for name, _, _ in bench.cases(bench.PARTS)]
-    for k in range(5):
-        for order in ("none", "first", "second"):
-            assert f"HN-{k} {order}" in names
+    groups = [[name for name, _, _ in group] for group in bench.cases(bench.PARTS)]
+    names = [name for group in groups for name in group]
+    assert len(names) == len(set(names))  # each program timed once
+    for k in range(5):  # what a ratio compares is timed together
+        assert [f"HN-{k} {order}" for order in ("none", "first", "second")] in groups
+    assert list(bench.FULL_NETWORK) + [bench.TORCH_STEP] in groups
     assert {"Naive", "EWC", "LR-3", "HN-3 experience 1, 8 seeds vmap"} <= set(names)
     with pytest.raises(SystemExit):
         bench.main(["--parts", "nothing"])
@@ -42,7 +44,9 @@ def test_full_network_steps_over_the_pytorch_step_of_the_same_run():
     r = bench.ratios(timings)
     assert r == {"Naive / PyTorch plain step (time)": pytest.approx(3.0),
                  "HN-0 experience 1 / PyTorch plain step (time)": pytest.approx(2.5)}
-    assert [name for name, _, _ in bench.cases(["torch"])] == list(bench.FULL_NETWORK)
+    [group] = bench.cases(["torch"])
+    assert [name for name, _, _ in group] == list(bench.FULL_NETWORK) + [bench.TORCH_STEP]
+    assert group[-1][1] is None  # PyTorch's step: torch_program
 
 
 def test_pytorch_step_without_torch_says_how_to_install_it():
@@ -52,9 +56,32 @@ def test_pytorch_step_without_torch_says_how_to_install_it():
     if importlib.util.find_spec("torch") is not None:
         pytest.skip("torch is installed in this environment")
     with pytest.raises(RuntimeError, match="make bench-torch installs torch"):
-        bench.time_torch(sys.executable, steps=1)
+        bench.torch_program(sys.executable)
     with pytest.raises(SystemExit):
         bench.main(["--parts", "torch", "--torch-python", "/nonexistent/python"])
+
+
+def test_interleaved_rounds_cancel_a_drifting_machine():
+    """A machine that slows down steadily (the n-th call takes 1 + n/40 of its time): programs timed
+    in rounds of alternating order keep their true ratio (2.0); timed one after the other they do not."""
+    def programs():
+        calls = []
+
+        def program(name, base):
+            def step():
+                calls.append(name)
+                return base * (1 + len(calls) / 40)
+            return bench.Program(name, 1, bench.BATCH, step)
+        return [program("A", 0.1), program("B", 0.2)], calls
+
+    pair, calls = programs()
+    a, b = bench.time_interleaved(pair, steps=20)
+    assert b.ms_median / a.ms_median == pytest.approx(2.0, rel=1e-12)
+    assert calls[:4] == ["A", "A", "B", "B"]  # two warm-up calls each, then rounds of 5: A B, B A, A B, B A
+    assert "".join(calls[4:]) == "A" * 5 + "B" * 10 + "A" * 10 + "B" * 10 + "A" * 5
+    pair, _ = programs()
+    a, b = bench.time_interleaved(pair, steps=20, rounds=1)
+    assert b.ms_median / a.ms_median > 2.5
 
 
 def test_projected_time_from_a_shorter_run():
