@@ -161,14 +161,14 @@ def time_interleaved(programs: list[Program], steps: int, rounds: int = ROUNDS, 
     for p in programs:
         for _ in range(warmup):
             p.step()
-    times = {p.name: [] for p in programs}
+    timed = [(p, []) for p in programs]
     rounds = max(1, min(rounds, steps))
     per_round = -(-steps // rounds)
     for r in range(rounds):
-        for p in (programs if r % 2 == 0 else programs[::-1]):
-            for _ in range(min(per_round, steps - len(times[p.name]))):
-                times[p.name].append(p.step())
-    return [_timing(p, times[p.name]) for p in programs]
+        for p, times in (timed if r % 2 == 0 else timed[::-1]):
+            for _ in range(min(per_round, steps - len(times))):
+                times.append(p.step())
+    return [_timing(p, times) for p, times in timed]
 
 
 def step_program(name: str, config, t: int) -> Program:
