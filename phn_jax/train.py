@@ -226,15 +226,15 @@ def eval_context(state, *, strategy, seed_axis):
 @partial(jax.jit, static_argnames=("strategy", "spec", "batch_size", "mesh", "seed_axis"))
 def evaluate(state, context, images, labels, num_valid, task_id, key, *, strategy, spec, batch_size, mesh,
              seed_axis):
-    """Test accuracy of task `task_id` on its (padded) test set, in fixed batches of `batch_size`
-    (with a `seed_axis`: of each seed, [S]; every argument but task_id has the seed axis)."""
-    def accuracy(state, context, images, labels, num_valid, key):
+    """How many of task `task_id`'s test samples are classified right (int32; its accuracy is that
+    over `num_valid`, divided on the host), in fixed batches of `batch_size` (with a `seed_axis`: of
+    each seed, [S]; every argument but task_id has the seed axis)."""
+    def correct(state, context, images, labels, num_valid, key):
         count = lambda x, y, mask: masked_correct(strategy.eval_logits(state, context, x, mask, task_id), y, mask)
-        correct = _sum_over_test_set(count, jnp.zeros((), jnp.int32), images, labels, num_valid, key, spec=spec,
-                                     batch_size=batch_size, mesh=mesh)
-        return correct / num_valid
+        return _sum_over_test_set(count, jnp.zeros((), jnp.int32), images, labels, num_valid, key, spec=spec,
+                                  batch_size=batch_size, mesh=mesh)
 
-    return over_seeds(accuracy, seed_axis)(state, context, images, labels, num_valid, key)
+    return over_seeds(correct, seed_axis)(state, context, images, labels, num_valid, key)
 
 
 # The accuracies without task ids, in the order `evaluate_without_task_id` returns them.
@@ -244,20 +244,19 @@ WITHOUT_TASK_IDS = ("class_incremental", "task_inference")
 @partial(jax.jit, static_argnames=("strategy", "spec", "batch_size", "mesh", "seed_axis"))
 def evaluate_without_task_id(state, context, images, labels, num_valid, task_id, num_learned, key, *, strategy,
                              spec, batch_size, mesh, seed_axis):
-    """Accuracies on task `task_id`'s test set when each sample's task is inferred by predictive
-    entropy among the learned tasks 0..num_learned−1 (`phn_jax.task_inference`): float [2] =
-    (class-incremental accuracy, task-inference accuracy), as `WITHOUT_TASK_IDS` names them
+    """Task `task_id`'s test samples right when each sample's task is inferred by predictive entropy
+    among the learned tasks 0..num_learned−1 (`phn_jax.task_inference`): int32 [2] = the counts
+    behind the class-incremental and the task-inference accuracy, as `WITHOUT_TASK_IDS` names them
     ([S, 2] with a `seed_axis`)."""
-    def accuracies(state, context, images, labels, num_valid, key):
+    def correct(state, context, images, labels, num_valid, key):
         def count(x, y, mask):
             logits = strategy.eval_logits_all_tasks(state, context, x, mask)
             return task_inference.inferred_correct(logits, y, mask, task_id, num_learned)
 
-        correct = _sum_over_test_set(count, jnp.zeros((2,), jnp.int32), images, labels, num_valid, key, spec=spec,
-                                     batch_size=batch_size, mesh=mesh)
-        return correct / num_valid
+        return _sum_over_test_set(count, jnp.zeros((2,), jnp.int32), images, labels, num_valid, key, spec=spec,
+                                  batch_size=batch_size, mesh=mesh)
 
-    return over_seeds(accuracies, seed_axis)(state, context, images, labels, num_valid, key)
+    return over_seeds(correct, seed_axis)(state, context, images, labels, num_valid, key)
 
 
 def _epoch_row(t: int, epoch: int, step_metrics: dict, seconds: float) -> dict:
@@ -679,14 +678,15 @@ def _evaluate_seen(s: Setup, state, progress: list[Progress], tests, k_eval) -> 
         x, y, n = tests[j]
         kw = dict(strategy=s.strategy, spec=s.stream.experiences[j].preprocess,
                   batch_size=s.config.train.eval_batch_size, mesh=s.mesh, seed_axis=s.seed_axis)
-        accuracy = evaluate(state, context, x, y, n, j, fold_in(k_eval, j), **kw)
-        for p, a in zip(progress, s.unstack(jax.device_get(accuracy))):
-            p.R[t, j] = float(a)
+        # accuracies are counts over n, divided here: the same fraction is the same number in every matrix
+        correct = evaluate(state, context, x, y, n, j, fold_in(k_eval, j), **kw)
+        for p, c, n_j in zip(progress, s.unstack(jax.device_get(correct)), s.unstack(n)):
+            p.R[t, j] = int(c) / int(n_j)
         if s.without_task_ids:  # the task inferred among the t + 1 learned ones
-            accs = evaluate_without_task_id(state, context, x, y, n, j, t + 1, fold_in(k_eval, j), **kw)
-            for p, a in zip(progress, s.unstack(jax.device_get(accs))):
-                for m, value in zip(WITHOUT_TASK_IDS, a):
-                    p.inferred[m][t, j] = float(value)
+            counts = evaluate_without_task_id(state, context, x, y, n, j, t + 1, fold_in(k_eval, j), **kw)
+            for p, c, n_j in zip(progress, s.unstack(jax.device_get(counts)), s.unstack(n)):
+                for m, value in zip(WITHOUT_TASK_IDS, c):
+                    p.inferred[m][t, j] = int(value) / int(n_j)
 
 
 def _log_experience(s: Setup, log, progress: list[Progress], summaries: list[dict]) -> None:

@@ -114,6 +114,51 @@ def test_masked_batch_statistics_ignore_padding(mode):
     chex.assert_trees_all_close(s_pad, s, atol=1e-6, rtol=1e-5)
 
 
+def _two_pass_normalize(p, stats, x, mode, mask):
+    """The textbook formula, differentiated by JAX: μ, then σ² = mean((x − μ)²) over the valid samples."""
+    axes = (1, 2) if mode == "instance" else (0, 1, 2)
+    w = jnp.ones(x.shape[0]) if mask is None or mode == "instance" else mask.astype(x.dtype)
+    w = jnp.broadcast_to(w[:, None, None, None], x.shape)
+    n = w.sum(axes, keepdims=True)
+    mean = (x * w).sum(axes, keepdims=True) / n
+    var = (jnp.square(x - mean) * w).sum(axes, keepdims=True) / n
+    y = (x - mean) / jnp.sqrt(var + models.BN_EPS) * p["scale"] + p["bias"]
+    if mode != "running":
+        return y, None
+    m = n.reshape(-1)  # the count, per channel (all alike)
+    return y, {"mean": 0.9 * stats["mean"] + 0.1 * mean.reshape(-1),
+               "var": 0.9 * stats["var"] + 0.1 * var.reshape(-1) * m / (m - 1)}
+
+
+@pytest.mark.parametrize("mode,masked", [("batch", False), ("batch", True), ("instance", False), ("running", True)])
+def test_normalize_derivatives_against_autodiff_of_the_two_pass_formula(mode, masked):
+    """`normalize`'s hand-written VJP (one-pass statistics) and JAX's derivative of that VJP (what the
+    second-order look-ahead differentiates) equal autodiff of the two-pass formula (float64),
+    running statistics included."""
+    with jax.enable_x64(True):
+        x = normal(20, (6, 3, 4, 5), np.float64) * 2 + 0.5
+        p = {"scale": normal(21, (5,), np.float64), "bias": normal(22, (5,), np.float64)}
+        stats = {"mean": normal(23, (5,), np.float64), "var": 1 + jnp.abs(normal(24, (5,), np.float64))}
+        mask = (jnp.arange(6) % 3 != 1) if masked else None
+        cot = normal(25, x.shape, np.float64)
+
+        def loss(norm):
+            def f(p, x):
+                y, s = norm(p, x)
+                running = 0.0 if mode != "running" else (s["mean"] ** 2 + s["var"] ** 3).sum()
+                return (jnp.sin(y) * cot).sum() + running
+            return f
+
+        ours = loss(lambda p, x: models.normalize(p, stats, x, mode, True, mask))
+        theirs = loss(lambda p, x: _two_pass_normalize(p, stats, x, mode, mask))
+        chex.assert_trees_all_close(ours(p, x), theirs(p, x), rtol=1e-12)
+        grad = lambda f: jax.grad(f, argnums=(0, 1))
+        chex.assert_trees_all_close(grad(ours)(p, x), grad(theirs)(p, x), rtol=1e-10, atol=1e-12)
+        # the derivative of the derivative, along an outer direction
+        second = lambda f: grad(lambda p, x: (grad(f)(p, x)[1] * cot).sum() + (grad(f)(p, x)[0]["scale"] ** 2).sum())
+        chex.assert_trees_all_close(second(ours)(p, x), second(theirs)(p, x), rtol=1e-9, atol=1e-10)
+
+
 def test_conv_ohwi_against_scipy():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(1, 6, 6, 2)).astype(np.float32)

@@ -34,7 +34,7 @@ CASES = {
 
 def _steps(s: train.Setup, state0, first_step: bool):
     """From the (stacked) host state `state0`, with each seed's own stream: (experience 1's step or
-    None, the state after end_experience of experience 1, experience 2's step, test accuracy of
+    None, the state after end_experience of experience 1, experience 2's step, test samples right of
     state0 on experience 1); steps as host (state, metrics). Each seed's first REAL samples of an
     experience, mixed so both classes are among them."""
     rep = lambda tree: runtime.replicate(tree, s.mesh)
@@ -63,9 +63,9 @@ def _steps(s: train.Setup, state0, first_step: bool):
     n = s.stack([e.test_labels.shape[0] for e in exps])
     state = rep(state0)
     context = train.eval_context(state, strategy=s.strategy, seed_axis=s.seed_axis)
-    acc = train.evaluate(state, context, x, y, n, 0, key(30), strategy=s.strategy, spec=spec,
-                         batch_size=s.config.train.eval_batch_size, mesh=s.mesh, seed_axis=s.seed_axis)
-    return step1, after1, step2, jax.device_get(acc)
+    correct = train.evaluate(state, context, x, y, n, 0, key(30), strategy=s.strategy, spec=spec,
+                             batch_size=s.config.train.eval_batch_size, mesh=s.mesh, seed_axis=s.seed_axis)
+    return step1, after1, step2, jax.device_get(correct)
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -94,7 +94,7 @@ def test_each_seed_equals_that_seed_alone(case):
             g1, g2 = _first_moments(s1), _first_moments(s2)
             np.testing.assert_allclose(g2, g1, rtol=1e-3, atol=1e-4 * np.abs(g1).max(), err_msg=f"seed {seed}")
             assert np.linalg.norm(g2 - g1) <= 1e-3 * np.linalg.norm(g1)
-        # end_experience (EWC's Fisher, LR's buffer) and test accuracy of the seed's own state
+        # end_experience (EWC's Fisher, LR's buffer) and test samples right of the seed's own state
         jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6), alone[1], mine[1])
         assert float(mine[3]) == float(alone[3]) > 0
         if case.startswith("hn"):
