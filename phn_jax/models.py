@@ -350,7 +350,8 @@ def _norm_train(x, scale, bias, w, per_sample: bool):
         S₁[n,c] = Σ_{h,w} x,  S₂[n,c] = Σ_{h,w} x²,  μ = Σ_n w·S₁ / n,  σ² = Σ_n w·S₂ / n − μ²
         y = (x − μ)·r·γ + β,  r = (σ² + ε)^(-1/2)        (per sample: no Σ_n, w = 1, n = H·W)
 
-    One pass over x for both statistics (σ² as E[x²] − μ², flax's fast variance); the VJP is in
+    One pass over x for both statistics (σ² as E[x²] − μ², flax's fast variance, clipped at 0 against
+    rounding; the VJP takes the clip as inactive); the VJP is in
     closed form (`_norm_train_bwd`), so that every reduction, forward and backward, is a plain sum
     over an input or a product of two inputs, which XLA:CPU runs as one fused reduction; autodiff
     of the two-pass formula made XLA write (x − μ), x̂ and their products out first (2.5-3x the
