@@ -313,7 +313,7 @@ def normalize(p: Params, stats: Params | None, x: jax.Array, mode: str, train: b
         raise ValueError(f"unknown norm mode {mode!r}")
     new_stats = stats
     if mode == "running" and not train:
-        return (x - stats["mean"]) * jax.lax.rsqrt(stats["var"] + BN_EPS) * p["scale"] + p["bias"], stats
+        return _standardize(x, stats["mean"], jax.lax.rsqrt(stats["var"] + BN_EPS), p["scale"], p["bias"]), stats
     per_sample = mode == "instance"
     w = jnp.ones(x.shape[:1], x.dtype) if mask is None or per_sample else mask.astype(x.dtype)
     y, mean, var = _norm_train(x, p["scale"], p["bias"], w, per_sample)
@@ -323,6 +323,11 @@ def normalize(p: Params, stats: Params | None, x: jax.Array, mode: str, train: b
         new_stats = {"mean": (1 - BN_MOMENTUM) * stats["mean"] + BN_MOMENTUM * mean,
                      "var": (1 - BN_MOMENTUM) * stats["var"] + BN_MOMENTUM * unbiased}
     return y, new_stats
+
+
+def _standardize(x, mean, r, scale, bias):
+    """y = (x − μ)·r·γ + β, r = (σ² + ε)^(-1/2): x [N,H,W,C]; μ, r broadcastable against it; γ, β [C]."""
+    return (x - mean) * (r * scale) + bias
 
 
 def _group(s: jax.Array, per_sample: bool) -> jax.Array:
@@ -365,7 +370,7 @@ def _norm_train_fwd(x, scale, bias, w, per_sample):
     mean = _group(w[:, None] * x.sum((1, 2)), per_sample) / n
     var = jnp.maximum(_group(w[:, None] * jnp.square(x).sum((1, 2)), per_sample) / n - jnp.square(mean), 0)
     r = jax.lax.rsqrt(var + BN_EPS)
-    y = (x - _per_position(mean, per_sample)) * _per_position(r * scale, per_sample) + bias
+    y = _standardize(x, _per_position(mean, per_sample), _per_position(r, per_sample), scale, bias)
     return (y, mean, var), (x, scale, w, mean, r)
 
 
