@@ -92,6 +92,12 @@ def _dense_init(key, d_in, d_out):
     return {"kernel": _uniform(kw, (d_in, d_out), d_in), "bias": _uniform(kb, (d_out,), d_in)}
 
 
+def output_sq_distances(omega_all, targets) -> jax.Array:
+    """d_j = ‖T_j − ω_j‖²₂ over the flattened leaves of two pytrees with a leading task axis: [num_tasks]."""
+    return sum(jnp.sum(jnp.square(t - o).reshape(o.shape[0], -1), axis=1)
+               for t, o in zip(jax.tree_util.tree_leaves(targets), jax.tree_util.tree_leaves(omega_all)))
+
+
 ACTIVATIONS = {"relu": jax.nn.relu, "elu": jax.nn.elu}
 
 
@@ -157,8 +163,23 @@ class Hypernetwork:
         return psi
 
     def features(self, psi, task_id) -> jax.Array:
-        """h = MLP(E[t]): [hidden_dims[-1]] for a scalar task id."""
+        """h = MLP(E[t]): [hidden_dims[-1]] for a scalar task id, [T, hidden_dims[-1]] for a vector of T."""
         return _mlp_apply(psi["mlp"], psi["embeddings"][task_id], self.activation)
+
+    def _factors(self, p, head: HeadSpec, h: jax.Array, task_id) -> tuple[jax.Array, jax.Array | None]:
+        """A head's output as ω = rows + shared, `rows` per task and `shared` the same for every task.
+
+        h: the features [..., n_h] of the task id(s) `task_id` (a scalar or a vector [T]); p: the head's params.
+            conv:    rows = h A_h + b [..., kh·kw·C_in],  shared = c A_c [C_out, kh·kw·C_in]  (W[i] = rows + shared[i])
+            linear:  rows = h A + b   [..., |W|],         shared = None
+            table:   rows = T[t]      [..., *shape],      shared = None
+        """
+        if head.kind == "conv":
+            n_h = h.shape[-1]
+            return h @ p["kernel"][:n_h] + p["bias"], p["lookup"] @ p["kernel"][n_h:]
+        if head.kind == "linear":
+            return h @ p["kernel"] + p["bias"], None
+        return p["table"][task_id], None
 
     def apply(self, psi, task_id) -> dict[str, Any]:
         """ω = H_ψ(t) for a scalar integer task id: exactly the pytree h_ω takes.
@@ -167,19 +188,46 @@ class Hypernetwork:
         leaf a leading task axis.
         """
         h = self.features(psi, task_id)
-        n_h = h.shape[0]
         out = {}
         for head in self.heads:
-            p = psi["heads"][head.path]
-            if head.kind == "conv":
-                a_h, a_c = p["kernel"][:n_h], p["kernel"][n_h:]
-                w = (h @ a_h + p["bias"])[None, :] + p["lookup"] @ a_c  # [C_out, kh*kw*C_in]
-            elif head.kind == "linear":
-                w = h @ p["kernel"] + p["bias"]
-            else:
-                w = p["table"][task_id]
-            out[head.path] = w.reshape(head.shape)
+            rows, shared = self._factors(psi["heads"][head.path], head, h, task_id)
+            out[head.path] = (rows if shared is None else rows[None, :] + shared).reshape(head.shape)
         return traverse_util.unflatten_dict(out, sep="/")
+
+    def snapshot(self, psi) -> dict[str, dict[str, jax.Array]]:
+        """The outputs H_ψ(j) of every task j in factored form (`_factors`), the targets T_j of the
+        look-ahead regulariser: {path: {'rows': [num_tasks, |ω| / C_out for conv heads, else |ω|],
+        'shared': [C_out, kh·kw·C_in] (conv heads only)}}.
+
+        A conv head's num_tasks·|ω| values are held in (num_tasks + C_out)·kh·kw·C_in.
+        """
+        ids = jnp.arange(self.num_tasks)
+        h = self.features(psi, ids)
+        out = {}
+        for head in self.heads:
+            rows, shared = self._factors(psi["heads"][head.path], head, h, ids)
+            out[head.path] = {"rows": rows.reshape(self.num_tasks, -1), **({} if shared is None else {"shared": shared})}
+        return out
+
+    def sq_distances(self, psi, targets) -> jax.Array:
+        """d_j = ‖H_ψ(j) − T_j‖²₂ for every task j: [num_tasks], against `targets` = `snapshot(ψ*)`.
+
+        Computed from the factors, without forming the num_tasks·|ω| outputs: with Δr_j = r_j − r*_j
+        and ΔS = S − S* [C_out, K] a conv head's difference is ω_j − T_j = 1 Δr_jᵀ + ΔS; with m = the
+        mean row of ΔS,
+            ‖1 Δr_jᵀ + ΔS‖²_F = C_out ‖Δr_j + m‖² + ‖ΔS − 1 mᵀ‖²_F          (sums of squares only)
+        and the other heads' is ‖Δr_j‖². The same values as `output_sq_distances` of the full outputs.
+        """
+        d = jnp.zeros(self.num_tasks)
+        for path, now in self.snapshot(psi).items():
+            dr = now["rows"] - targets[path]["rows"]
+            if "shared" in now:
+                ds = now["shared"] - targets[path]["shared"]
+                m = jnp.mean(ds, axis=0)
+                d = d + ds.shape[0] * jnp.sum(jnp.square(dr + m), axis=1) + jnp.sum(jnp.square(ds - m))
+            else:
+                d = d + jnp.sum(jnp.square(dr), axis=1)
+        return d
 
     def num_params(self) -> int:
         """|ψ|, from the static structure alone."""
@@ -288,6 +336,15 @@ class ChunkedHypernetwork:
                 out[head.path] = flat[offset:offset + head.size].reshape(head.shape)
                 offset += head.size
         return traverse_util.unflatten_dict(out, sep="/")
+
+    def snapshot(self, psi) -> dict[str, Any]:
+        """The outputs H_ψ(j) of every task j (leaves [num_tasks, ...]), the targets T_j of the
+        look-ahead regulariser: the chunks have no smaller form."""
+        return jax.vmap(self.apply, in_axes=(None, 0))(psi, jnp.arange(self.num_tasks))
+
+    def sq_distances(self, psi, targets) -> jax.Array:
+        """d_j = ‖H_ψ(j) − T_j‖²₂ for every task j: [num_tasks], against `targets` = `snapshot(ψ*)`."""
+        return output_sq_distances(self.snapshot(psi), targets)
 
     def num_params(self) -> int:
         """|ψ| (the formula of the class docstring), from the static structure alone."""

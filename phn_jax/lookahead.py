@@ -36,15 +36,14 @@ LOOKAHEAD_STEPS = ("sgd", "optimizer")
 REG_REDUCES = ("mean", "sum")
 
 
-def output_regularizer(omega_all, targets, weights: jax.Array) -> jax.Array:
-    """L_H = Σ_j w_j ‖T_j − ω_j‖²₂ over the flattened outputs of every task j.
+def output_regularizer(sq_distances: jax.Array, weights: jax.Array) -> jax.Array:
+    """L_H = Σ_j w_j ‖T_j − H_ψ(j)‖²₂ from the distances d_j = ‖T_j − H_ψ(j)‖²₂ of every task j.
 
-    omega_all, targets: pytrees whose leaves have a leading task axis [num_tasks, ...];
-    weights [num_tasks]: 1/|S| for the regularised tasks S, 0 for the others.
+    sq_distances [num_tasks]: the hypernetwork's `sq_distances(ψ, targets)` (or
+    `hypernetwork.output_sq_distances` of full outputs); weights [num_tasks]: 1/|S| for the
+    regularised tasks S, 0 for the others.
     """
-    sq = sum(jnp.sum(jnp.square(t - o).reshape(o.shape[0], -1), axis=1)
-             for t, o in zip(jax.tree_util.tree_leaves(targets), jax.tree_util.tree_leaves(omega_all)))
-    return jnp.sum(weights * sq)
+    return jnp.sum(weights * sq_distances)
 
 
 def regularized_task_weights(key: jax.Array, task_id: jax.Array, num_tasks: int, subset: int = 0,

@@ -8,7 +8,7 @@ import pytest
 
 from arrays import normal
 from phn_jax import models
-from phn_jax.hypernetwork import Hypernetwork, build_hypernetwork
+from phn_jax.hypernetwork import Hypernetwork, build_hypernetwork, output_sq_distances
 from phn_jax.partial_hnet import PartialHypernetwork
 
 # The paper's Table 6: hypernetwork sizes with C = 100 outputs and 20 tasks.
@@ -53,6 +53,38 @@ def test_heads_against_direct_formula():
     omega = hnet.apply(jax.tree_util.tree_map(jnp.asarray, psi), t)
     np.testing.assert_allclose(omega["conv"], conv_ref.reshape(4, 3, 3, 2), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(omega["fc"], (h @ fc["kernel"] + fc["bias"]).reshape(6, 5), rtol=1e-4, atol=1e-5)
+
+
+def test_factored_distances_equal_the_full_outputs_in_float64():
+    """‖H_ψ(j) − H_ψ*(j)‖² from the factored snapshot (`sq_distances`) against the full outputs of every
+    task (`output_sq_distances` of `apply` vmapped): value, gradient in ψ and a Hessian-vector product,
+    in float64, with every leaf of ψ moved off ψ*; and the snapshot's size."""
+    target = {"conv": jnp.zeros((5, 3, 3, 2)), "fc": jnp.zeros((6, 4)), "norm": {"scale": jnp.zeros((5,))}}
+    hnet = Hypernetwork.for_target(target, num_tasks=4, embedding_dim=3, hidden_dims=(7, 6), head_embedding_dim=2)
+    rng = np.random.default_rng(0)
+    with jax.enable_x64(True):
+        shapes = jax.eval_shape(hnet.init, jax.random.key(0))
+        draw = lambda s: jnp.asarray(rng.normal(size=s.shape))
+        psi_star = jax.tree_util.tree_map(draw, shapes)
+        psi = jax.tree_util.tree_map(lambda a: a + 0.3 * draw(a), psi_star)
+        v = jax.tree_util.tree_map(draw, shapes)
+        ids = jnp.arange(4)
+        full = lambda p: output_sq_distances(jax.vmap(hnet.apply, in_axes=(None, 0))(p, ids),
+                                             jax.vmap(hnet.apply, in_axes=(None, 0))(psi_star, ids))
+        targets = hnet.snapshot(psi_star)
+        factored = lambda p: hnet.sq_distances(p, targets)
+        weights = jnp.asarray(rng.uniform(size=4))
+        fns = {name: jax.jit(lambda p, f=f: weights @ f(p)) for name, f in (("full", full), ("factored", factored))}
+        np.testing.assert_allclose(factored(psi), full(psi), rtol=1e-12)
+        assert np.all(np.asarray(full(psi)) > 1)  # every task moved: the check is not vacuous
+        grads = {n: jax.grad(f)(psi) for n, f in fns.items()}
+        hvps = {n: jax.jvp(jax.grad(f), (psi,), (v,))[1] for n, f in fns.items()}
+        chex.assert_trees_all_close(grads["factored"], grads["full"], rtol=1e-10, atol=1e-12)
+        chex.assert_trees_all_close(hvps["factored"], hvps["full"], rtol=1e-10, atol=1e-12)
+        assert float(jnp.max(jnp.abs(factored(psi_star)))) == 0.0
+    # the conv head holds (tasks + C_out)·kh·kw·C_in values, not tasks·|ω|; the others tasks·|ω|
+    sizes = {path: sum(np.size(x) for x in f.values()) for path, f in targets.items()}
+    assert sizes == {"conv": (4 + 5) * 18, "fc": 4 * 24, "norm/scale": 4 * 5}
 
 
 class VmapTest(chex.TestCase):

@@ -7,7 +7,8 @@ values), and initialise the new task embedding as a copy of the previous one. Ea
 applies the look-ahead gradient of `phn_jax.lookahead` to ψ with Adam.
 
 State pytree: {'phi': φ, 'psi': ψ, 'opt': {'phi': Adam state, 'psi': Adam state},
-'targets': ω of every task at the snapshot ([num_tasks, ...] leaves), 'stats': running
+'targets': ω of every task at the snapshot, in the hypernetwork's factored form (`snapshot`;
+a conv head holds (num_tasks + C_out)·kh·kw·C_in values, not num_tasks·|ω|), 'stats': running
 statistics (norm='batchnorm') or {}}. Adam's state is reset at the start of every experience,
 as Avalanche's `reset_optimizer` did for the reference code.
 """
@@ -85,7 +86,7 @@ class HN:
     @models.compiled_init("self")
     def init(self, key: jax.Array):
         phi, psi = self.model.init(key)
-        targets = jax.eval_shape(self.model.generate_all, psi, jnp.arange(self.num_tasks))
+        targets = jax.eval_shape(self.model.hnet.snapshot, psi)
         state = {"phi": phi, "psi": psi, "targets": jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), targets),
                  "stats": self.model.init_stats(phi) or {}}
         return self._reset_optimizer(state)
@@ -94,7 +95,7 @@ class HN:
     def begin_experience(self, state, task_id):
         """Fresh Adam state; from task 1 on: targets T_j = H_ψ*(j) and e_t ← e_{t-1}."""
         psi = state["psi"]
-        targets = self.model.generate_all(psi, jnp.arange(self.num_tasks))
+        targets = self.model.hnet.snapshot(psi)
         if self.copy_embedding:
             emb = psi["embeddings"]
             psi = {**psi, "embeddings": jnp.where(task_id > 0, emb.at[task_id].set(emb[task_id - 1]), emb)}
@@ -104,8 +105,9 @@ class HN:
         return state
 
     def regularizer(self, psi, targets, weights):
-        """L_H(ψ) against the snapshot targets (see `lookahead.output_regularizer`)."""
-        return lookahead.output_regularizer(self.model.generate_all(psi, jnp.arange(self.num_tasks)), targets, weights)
+        """L_H(ψ) against the snapshot targets (see `lookahead.output_regularizer`): Σ_j w_j ‖H_ψ(j) − T_j‖²₂,
+        from the hypernetwork's factored outputs (`Hypernetwork.sq_distances`)."""
+        return lookahead.output_regularizer(self.model.hnet.sq_distances(psi, targets), weights)
 
     def train_step(self, state, batch, key, task_id, first: bool):
         phi, psi, stats = state["phi"], state["psi"], state["stats"] or None
