@@ -23,7 +23,9 @@ from pathlib import Path
 import jax
 import orbax.checkpoint as ocp
 
-FORMAT_VERSION = 2
+# 3: HN's targets are the hypernetwork's factored outputs (`Hypernetwork.snapshot`), no longer every
+# task's full ω; a checkpoint of another version is refused with a clear error, never moved aside.
+FORMAT_VERSION = 3
 CHECKPOINT_DIR = "checkpoints"
 DAMAGED_DIR = "checkpoints-damaged"  # damaged checkpoints moved aside, for inspection
 

@@ -198,10 +198,19 @@ def test_resume_equals_uninterrupted(hn_run, tmp_path, monkeypatch):
         assert resumed_scalars[tag] == pytest.approx(scalars[tag]), tag
 
 
-def test_resume_refuses_another_config(hn_run, tmp_path):
+def test_resume_refuses_another_config_or_format(hn_run, tmp_path, monkeypatch):
     workdir, _ = hn_run
     with pytest.raises(checkpoint.CheckpointError, match="strategy.beta"):
         train.train_and_evaluate(tiny_config(**{"strategy.beta": 0.25}), workdir, resume=True)
+    # a checkpoint of another format (e.g. HN's full targets before version 3) is refused and left where it is
+    saved = sorted(p.name for p in (workdir / "checkpoints").iterdir())
+    version = checkpoint.FORMAT_VERSION
+    monkeypatch.setattr(checkpoint, "FORMAT_VERSION", version + 1)
+    with pytest.raises(checkpoint.CheckpointError,
+                       match=f"format version {version}, this phn_jax writes {version + 1}: start a new --workdir"):
+        train.train_and_evaluate(tiny_config(), workdir, resume=True)
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == saved
+    assert not (workdir / "checkpoints-damaged").exists()
 
 
 def test_missing_dataset_stops_before_compiling(tmp_path):
