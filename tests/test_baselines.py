@@ -15,7 +15,7 @@ from phn_jax import data, models, train
 from phn_jax.config import base_config
 from phn_jax.strategies import EWC, LatentReplay, MultiHeadResNet, create_strategy
 from phn_jax.strategies.base import TrainData, masked_cross_entropy
-from phn_jax.strategies.ewc import ewc_penalty
+from phn_jax.strategies.ewc import consolidate, ewc_penalty
 from phn_jax.strategies.latent_replay import class_balanced_selection
 
 RESNET = models.ResNetConfig(num_classes=3, nf=4, blocks_per_stage=(1, 1, 1, 1))  # ResNet-10: half the compile
@@ -188,25 +188,54 @@ def test_replay_enters_the_loss_with_weight_c():
 
 def test_ewc_penalty_equals_hand_computed_value():
     theta = {"a": jnp.array([1.0, -2.0]), "b": jnp.array([[0.5], [3.0]])}
-    fisher = {"a": jnp.array([[2.0, 1.0], [0.5, 4.0], [9.0, 9.0]]),
-              "b": jnp.array([[[1.0], [0.0]], [[3.0], [2.0]], [[9.0], [9.0]]])}
-    star = {"a": jnp.array([[0.0, 0.0], [1.0, -1.0], [5.0, 5.0]]),
-            "b": jnp.array([[[0.0], [1.0]], [[0.5], [2.0]], [[5.0], [5.0]]])}
-    valid = jnp.array([True, True, False])  # task 2 not consolidated yet: no contribution
+    fisher = {"a": jnp.array([[2.0, 1.0], [0.5, 4.0]]), "b": jnp.array([[[1.0], [0.0]], [[3.0], [2.0]]])}
+    star = {"a": jnp.array([[0.0, 0.0], [1.0, -1.0]]), "b": jnp.array([[[0.0], [1.0]], [[0.5], [2.0]]])}
     # task 0: a: 2·1² + 1·(−2)² = 6; b: 1·0.5² + 0·2² = 0.25
     # task 1: a: 0.5·0² + 4·(−1)² = 4; b: 3·0² + 2·1² = 2
-    assert float(ewc_penalty(theta, fisher, star, valid)) == pytest.approx(12.25)
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, theta)
+    ewc = {"importance": zeros, "center": zeros, "offset": jnp.zeros(())}
+    assert float(ewc_penalty(theta, **ewc)) == 0.0  # nothing consolidated
+    row = lambda tree, t: jax.tree_util.tree_map(lambda x: x[t], tree)
+    ewc = consolidate(ewc, row(fisher, 0), row(star, 0))
+    assert float(ewc_penalty(theta, **ewc)) == pytest.approx(6.25)
+    ewc = consolidate(ewc, row(fisher, 1), row(star, 1))
+    assert float(ewc_penalty(theta, **ewc)) == pytest.approx(12.25)
+    # b[1]: A = 0 + 2, μ = 2 (task 1's θ*, the only one with importance there)
+    assert float(ewc["importance"]["b"][1, 0]) == 2.0 and float(ewc["center"]["b"][1, 0]) == 2.0
     strategy = EWC(MODEL, ewc_lambda=2.0)
     state = strategy.init(jax.random.key(0))
     # F = 1 and θ* = θ + 0.1 for task 0 only: Ω = |θ| · 0.1²
-    star = jax.tree_util.tree_map(lambda p: np.broadcast_to(np.asarray(p) + 0.1, (4, *p.shape)), state["params"])
+    star = jax.tree_util.tree_map(lambda p: np.asarray(p) + 0.1, state["params"])
     ones = jax.tree_util.tree_map(np.ones_like, star)
-    state = {**state, "ewc": {"fisher": ones, "star": star, "valid": np.array([True, False, False, False])}}
+    state = {**state, "ewc": consolidate(state["ewc"], ones, star)}
     n = models.count_params(state["params"])
     omega = jax.jit(strategy.regularizer, static_argnames="first")(state["params"], state, None, first=False)
     assert float(omega) == pytest.approx(n * 0.01, rel=1e-4)
     _, m = jax.jit(strategy.train_step, static_argnums=4)(state, _batch(1), jax.random.key(2), 1, False)
     assert float(m["loss"]) == pytest.approx(float(m["ce"]) + 2.0 * n * 0.01, rel=1e-4)
+
+
+def test_ewc_merged_penalty_equals_the_per_task_sum_in_float64():
+    """Ω(θ) and ∇Ω(θ) from `consolidate`d (A, μ, K) against Σ_t Σ_i F_{t,i} (θ_i − θ*_{t,i})² (Avalanche's
+    per-task sum), after 1, 2 and 3 tasks, with importances that are 0 in some coordinates (a head
+    other tasks never train) and θ*_t far apart."""
+    rng = np.random.default_rng(0)
+    with jax.enable_x64(True):
+        shape = {"w": (5, 3), "b": (3,)}
+        draw = lambda scale: {k: jnp.asarray(scale * rng.normal(size=v)) for k, v in shape.items()}
+        theta = draw(1.0)
+        tasks = [({k: jnp.square(v) * (rng.uniform(size=v.shape) > 0.3) for k, v in draw(1.0).items()}, draw(3.0))
+                 for _ in range(3)]
+        tasks[0][0]["b"] = jnp.zeros(3)  # no importance anywhere in task 0's b: μ stays 0 until task 1's
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, theta)
+        ewc = {"importance": zeros, "center": zeros, "offset": jnp.zeros(())}
+        per_task = lambda p, n: sum(jnp.sum(f[k] * jnp.square(p[k] - s[k])) for f, s in tasks[:n] for k in shape)
+        for n, (f, s) in enumerate(tasks, 1):
+            ewc = consolidate(ewc, f, s)
+            np.testing.assert_allclose(ewc_penalty(theta, **ewc), per_task(theta, n), rtol=1e-12)
+            chex.assert_trees_all_close(jax.grad(ewc_penalty)(theta, **ewc), jax.grad(per_task)(theta, n),
+                                        rtol=1e-12, atol=1e-12)
+        assert float(per_task(theta, 3)) > 10 and float(ewc["offset"]) > 10  # not vacuous: K matters
 
 
 def test_ewc_importance_is_the_mean_squared_minibatch_gradient():
@@ -224,10 +253,11 @@ def test_ewc_importance_is_the_mean_squared_minibatch_gradient():
     grads = jax.device_get([grad(d.images[lo:hi], d.labels[lo:hi]) for lo, hi in ((0, 4), (4, 6))])
     expected = jax.tree_util.tree_map(lambda a, b: (a**2 + b**2) / 2, *grads)
     new, state = jax.device_get((new, state))  # NumPy from here: checked leaf by leaf
-    got = jax.tree_util.tree_map(lambda f: f[2], new["ewc"]["fisher"])
+    got = new["ewc"]["importance"]  # the first task consolidated: A = F_t, μ = θ*_t where F_t > 0, K = 0
     chex.assert_trees_all_close(got, expected, rtol=1e-3, atol=1e-8)
-    chex.assert_trees_all_equal(jax.tree_util.tree_map(lambda s: s[2], new["ewc"]["star"]), state["params"])
-    assert new["ewc"]["valid"].tolist() == [False, False, True, False]
+    chex.assert_trees_all_equal(jax.tree_util.tree_map(lambda a, c, p: np.where(a > 0, p, 0), got, new["ewc"]["center"],
+                                                       state["params"]), new["ewc"]["center"])
+    assert float(new["ewc"]["offset"]) == 0.0
     assert float(jnp.abs(got["classifier"]["kernel"][0]).sum()) == 0  # other tasks' heads: no importance
 
 

@@ -19,9 +19,15 @@ count"). One departure: Avalanche's importance pass reads the training set with 
 augmentation; here it uses the test-time pipeline (deterministic; identical where there is no
 augmentation, e.g. Split-Digits).
 
-State: Naive's plus 'ewc': {'fisher': F, 'star': θ*, both θ-shaped pytrees with a leading
-[num_tasks] axis, 'valid': bool [num_tasks] (which tasks are consolidated)}; fixed shapes, so no
-experience recompiles anything.
+Every consolidated task's penalty is merged into one quadratic, the same function of θ:
+
+    Ω(θ) = Σ_i A_i (θ_i − μ_i)² + K,   A = Σ_{t'} F_{t'},  μ = Σ_{t'} F_{t'} θ*_{t'} / A,  K = Σ_{t'} Σ_i F_{t',i} (θ*_{t',i} − μ_i)²
+
+(the parallel-axis identity; μ_i = 0 where A_i = 0), so a step reads 2|θ| values, not 2·tasks·|θ|
+as Avalanche's per-task sum does. `consolidate` adds a task to (A, μ, K).
+
+State: Naive's plus 'ewc': {'importance': A, 'center': μ (θ-shaped pytrees), 'offset': K (scalar)};
+all zero before the first consolidation (Ω = 0); fixed shapes, so no experience recompiles anything.
 """
 from __future__ import annotations
 
@@ -36,17 +42,32 @@ from phn_jax.strategies.base import masked_cross_entropy, real_batches
 from phn_jax.strategies.naive import Naive
 
 
-def ewc_penalty(params, fisher, star, valid) -> jax.Array:
-    """Ω(θ) = Σ_t valid_t Σ_i F_{t,i} (θ_i − θ*_{t,i})².
+def ewc_penalty(params, importance, center, offset) -> jax.Array:
+    """Ω(θ) = Σ_i A_i (θ_i − μ_i)² + K (= Σ_{t'} Σ_i F_{t',i} (θ_i − θ*_{t',i})² over the consolidated tasks).
 
-    params: a pytree θ; fisher, star: θ-shaped pytrees with a leading [T] axis; valid: bool [T].
+    params, importance A, center μ: pytrees of θ's structure; offset K: a scalar.
     """
-    w = valid.astype(jnp.float32)
+    leaf = lambda p, a, m: jnp.sum(a * jnp.square(p - m))
+    return sum(jax.tree_util.tree_leaves(jax.tree_util.tree_map(leaf, params, importance, center))) + offset
 
-    def leaf(p, f, s):
-        return jnp.sum(w.reshape((-1,) + (1,) * p.ndim) * f * jnp.square(p[None] - s))
 
-    return sum(jax.tree_util.tree_leaves(jax.tree_util.tree_map(leaf, params, fisher, star)))
+def consolidate(ewc: dict, fisher, star) -> dict:
+    """(A, μ, K) with one more task's importances F and parameters θ* merged in:
+
+        A' = A + F,   δ = θ* − μ,   μ' = μ + (F / A') δ,   K' = K + Σ_i (A_i F_i / A'_i) δ_i²
+
+    (terms with A'_i = 0 are 0), so that A'(θ − μ')² + K' = A(θ − μ)² + K + F(θ − θ*)² for every θ.
+    """
+    def merge(a, m, f, s):
+        a_new = a + f
+        share = jnp.where(a_new > 0, f / jnp.where(a_new > 0, a_new, 1), 0)  # F / A'
+        delta = s - m
+        return a_new, m + share * delta, jnp.sum(a * share * jnp.square(delta))
+
+    merged = jax.tree_util.tree_map(merge, ewc["importance"], ewc["center"], fisher, star)
+    parts = lambda i: jax.tree_util.tree_map(lambda _, t: t[i], ewc["importance"], merged)
+    return {"importance": parts(0), "center": parts(1),
+            "offset": ewc["offset"] + sum(jax.tree_util.tree_leaves(parts(2)))}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,9 +91,8 @@ class EWC(Naive):
     @models.compiled_init("self")
     def init(self, key):
         state = super().init(key)
-        stacked = jax.tree_util.tree_map(lambda p: jnp.zeros((self.num_tasks,) + p.shape, p.dtype), state["params"])
-        return {**state, "ewc": {"fisher": stacked, "star": stacked,
-                                 "valid": jnp.zeros((self.num_tasks,), bool)}}
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, state["params"])
+        return {**state, "ewc": {"importance": zeros, "center": zeros, "offset": jnp.zeros((), jnp.float32)}}
 
     def regularizer(self, params, state, key, first: bool):
         """Ω(θ) against every task consolidated so far: exactly 0 in the first experience, where no
@@ -99,21 +119,18 @@ class EWC(Naive):
 
     def end_experience(self, state, task_id, train_data):
         d = train_data
-        return self._consolidate(state, jnp.asarray(task_id, jnp.int32), d.images, d.labels, d.tasks, d.num_valid,
+        return self._consolidate(state, d.images, d.labels, d.tasks, d.num_valid,
                                  d.key, spec=d.preprocess)
 
     @partial(jax.jit, static_argnums=0, static_argnames="spec")
-    def _consolidate(self, state, task_id, images, labels, tasks, num_valid, key, *, spec):
-        """F_t and θ*_t into row t of the state's stacks."""
+    def _consolidate(self, state, images, labels, tasks, num_valid, key, *, spec):
+        """F_t and θ*_t = θ merged into the penalty (`consolidate`)."""
         params = state["params"]
         f = self.fisher(params, state["stats"] or None, images, labels, tasks, num_valid, key, spec=spec)
-        put = lambda stack, new: jax.tree_util.tree_map(lambda s, n: s.at[task_id].set(n), stack, new)
-        ewc = state["ewc"]
-        return {**state, "ewc": {"fisher": put(ewc["fisher"], f), "star": put(ewc["star"], params),
-                                 "valid": ewc["valid"].at[task_id].set(True)}}
+        return {**state, "ewc": consolidate(state["ewc"], f, params)}
 
     def memory(self, state) -> dict:
-        """The model, and F and θ* of the consolidated tasks (2 · tasks · |θ| values at 32 bit)."""
+        """The model, and the merged penalty's A, μ and K (2 · |θ| + 1 values at 32 bit, for any number of tasks)."""
         n = models.count_params(state["params"])
-        stored = 2 * int(jnp.sum(state["ewc"]["valid"])) * n
+        stored = 2 * n + 1
         return {**super().memory(state), "ewc_values": stored, "ewc_mb": metrics.hypernetwork_megabytes(stored)}
