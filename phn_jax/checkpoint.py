@@ -24,7 +24,8 @@ import jax
 import orbax.checkpoint as ocp
 
 # 3: HN's targets are the hypernetwork's factored outputs (`Hypernetwork.snapshot`), no longer every
-# task's full ω; a checkpoint of another version is refused with a clear error, never moved aside.
+# task's full ω, and EWC's state is its merged penalty (`ewc.consolidate`), no longer per-task stacks;
+# a checkpoint of another version is refused with a clear error, never moved aside.
 FORMAT_VERSION = 3
 CHECKPOINT_DIR = "checkpoints"
 DAMAGED_DIR = "checkpoints-damaged"  # damaged checkpoints moved aside, for inspection
