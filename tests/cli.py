@@ -20,20 +20,21 @@ def command(workdir, *args, config=SMOKE) -> list[str]:
             "--config.train.progress=False", *args]
 
 
-def environment(devices: int = 1) -> dict:
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-    env.pop("JAX_NUM_CPU_DEVICES", None)
-    return env
+def environment(devices: int = 1, env: dict | None = None) -> dict:
+    """This process's environment with `devices` host CPU devices, and the variables of `env`."""
+    out = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", **(env or {})}
+    out.pop("JAX_NUM_CPU_DEVICES", None)
+    return out
 
 
-def start(workdir, *args, devices: int = 1) -> subprocess.Popen:
+def start(workdir, *args, devices: int = 1, env: dict | None = None) -> subprocess.Popen:
     """The run in the background; its output (stdout and stderr together) on `.stdout`."""
-    return subprocess.Popen(command(workdir, *args), cwd=ROOT, env=environment(devices), stdout=subprocess.PIPE,
+    return subprocess.Popen(command(workdir, *args), cwd=ROOT, env=environment(devices, env), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
 
-def run(workdir, *args, devices: int = 1, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(command(workdir, *args), cwd=ROOT, env=environment(devices), capture_output=True,
+def run(workdir, *args, devices: int = 1, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(command(workdir, *args), cwd=ROOT, env=environment(devices, env), capture_output=True,
                           text=True, timeout=timeout)
 
 

@@ -4,8 +4,10 @@ a process spends its first seconds tracing the steps, then each epoch takes tens
 
 Every interrupted run, resumed, ends with exactly the uninterrupted run's accuracy matrix and final
 state (bit for bit: same machine, same device count)."""
+import collections
 import json
 import random
+import re
 import shutil
 import signal
 import time
@@ -82,6 +84,47 @@ def test_sigterm_and_sigint_save_say_how_to_resume_and_resume_identically(tmp_pa
 
     _resume(tmp_path)
     _assert_identical(tmp_path, uninterrupted)
+
+
+def _compiles(out: str) -> tuple[collections.Counter, collections.Counter]:
+    """(programs compiled, programs loaded from the persistent cache) by name, from a run's output
+    under JAX_LOG_COMPILES=1: 'Compiling jit(f) ...' then, on a hit, "... cache hit for 'jit_f' ..."."""
+    compiled = collections.Counter(re.findall(r"Compiling jit\((\w+)\) with global shapes", out))
+    loaded = collections.Counter(re.findall(r"Persistent compilation cache hit for 'jit_(\w+)'", out))
+    return compiled, loaded
+
+
+def test_each_program_compiles_once_and_later_processes_load_it_from_the_cache(tmp_path):
+    """A run compiles each distinct program once (train_epoch twice: experience 1's step differs), a
+    stopped run's resumed process loads what the first process compiled, and a second run of the
+    same configuration compiles nothing: every program comes from the persistent compilation cache.
+    A fresh cache of its own; every program stored (min compile time 0: by default only those that
+    took ≥ 1 s to compile are)."""
+    cache = tmp_path / "xla"
+    env = {"JAX_COMPILATION_CACHE_DIR": str(cache), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+           "JAX_LOG_COMPILES": "1"}
+    args = ("--config.train.epochs=20", "--config.eval.task_inference=False")
+    run = cli.start(tmp_path / "a", *args, env=env)
+    cli.wait_ready(run)
+    run.send_signal(signal.SIGTERM)  # stops after epoch 1 of experience 1
+    rc, stopped = cli.finish(run)
+    assert rc == 128 + signal.SIGTERM, stopped
+    resumed = cli.run(tmp_path / "a", *args, "--resume", env=env)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    stored = sorted(p.name for p in cache.iterdir())
+    second = cli.run(tmp_path / "b", *args, env=env)
+    assert second.returncode == 0, second.stdout + second.stderr
+
+    compiled, loaded = _compiles(stopped)
+    assert compiled["train_epoch"] == 1 and not loaded, stopped  # a fresh cache: nothing to load
+    compiled_r, loaded_r = _compiles(resumed.stdout + resumed.stderr)
+    assert loaded_r["train_epoch"] == 1 and compiled_r["train_epoch"] == 2  # experience 1's, then the others'
+    compiled_2, loaded_2 = _compiles(second.stdout + second.stderr)
+    engine = ("init_state", "begin_experience", "train_epoch", "end_experience", "eval_context", "evaluate")
+    assert {name: compiled_2[name] for name in engine} == {**dict.fromkeys(engine, 1), "train_epoch": 2}
+    assert loaded_2 == compiled_2  # every program the second run needed was in the cache
+    assert sorted(p.name for p in cache.iterdir()) == stored  # and it stored nothing new
+    assert sum(name.startswith("jit_train_epoch-") for name in stored) == 2
 
 
 def test_a_second_run_on_a_workdir_in_use_is_refused_and_the_first_unharmed(tmp_path, uninterrupted):
