@@ -68,9 +68,9 @@ def test_factored_distances_equal_the_full_outputs_in_float64():
         psi_star = jax.tree_util.tree_map(draw, shapes)
         psi = jax.tree_util.tree_map(lambda a: a + 0.3 * draw(a), psi_star)
         v = jax.tree_util.tree_map(draw, shapes)
-        ids = jnp.arange(4)
-        full = lambda p: output_sq_distances(jax.vmap(hnet.apply, in_axes=(None, 0))(p, ids),
-                                             jax.vmap(hnet.apply, in_axes=(None, 0))(psi_star, ids))
+        outputs = lambda p: jax.vmap(hnet.apply, in_axes=(None, 0))(p, jnp.arange(4))  # every task's ω, unfactored
+        full_targets = outputs(psi_star)
+        full = lambda p: output_sq_distances(outputs(p), full_targets)
         targets = hnet.snapshot(psi_star)
         factored = lambda p: hnet.sq_distances(p, targets)
         weights = jnp.asarray(rng.uniform(size=4))
