@@ -61,7 +61,7 @@ import jax
 import numpy as np
 
 from phn_jax import config as config_lib
-from phn_jax import metrics, report, runtime, train
+from phn_jax import metrics, models, report, runtime, train
 
 BATCH = 64
 TASKS = 20
@@ -331,11 +331,48 @@ def cases(parts) -> list[list[tuple[str, object, int]]]:
     return [group for group in out if group]
 
 
+def conv_layers(cfg: models.ResNetConfig, image_size: int):
+    """Yields (module, multiply-adds per image, reads the module's input) of every convolution of
+    the slim ResNet-18 on image_size² inputs: a k×k convolution from C_in to C_out channels with an
+    H×W output does H·W·k²·C_in·C_out."""
+    hw = image_size
+    yield "stem", hw * hw * 9 * cfg.in_channels * cfg.nf, True
+    for stage, block, c_in, c_out, stride in models._block_shapes(cfg):
+        hw = -(-hw // stride)  # padding 1 (3×3) or 0 (1×1): ⌈H / stride⌉
+        yield stage, hw * hw * 9 * c_in * c_out, block == "block1"
+        yield stage, hw * hw * 9 * c_out * c_out, False
+        if stride != 1 or c_in != c_out:
+            yield stage, hw * hw * c_in * c_out, True
+
+
+def second_order_floor(freeze_depth: int, cfg: models.ResNetConfig = models.ResNetConfig(),
+                       image_size: int = 32) -> float:
+    """The exact second order's convolution multiply-adds over the first order's at freeze depth k:
+    the least its step can cost where time follows FLOPs.
+
+    Both orders run every convolution y = x ⊛ W forward. In a layer of h_ω (W generated) the first
+    order adds the kernel gradient ∂W = x ⋆ ∂y and the input gradient ∂x = ∂y ⊛ᵀ W: 3 convolutions,
+    2 where x is the image or g_φ's features (x does not depend on ω: no ∂x). The second order adds
+    the tangents (in the direction the look-ahead's gradient takes; for the Hessian-vector product)
+    of each, two convolutions by the product rule: ẏ = ẋ ⊛ W + x ⊛ Ẇ, (∂W)˙ = ẋ ⋆ ∂y + x ⋆ (∂y)˙,
+    (∂x)˙ = (∂y)˙ ⊛ᵀ W + ∂y ⊛ᵀ Ẇ: 9 in all, 4 where ẋ = 0. (A product and its tangent, (x + εẋ)(W + εẆ)
+    mod ε², take 3 products however they are arranged; merging two into one convolution of twice the
+    channels keeps their multiply-adds.) The frozen layers run forward only, in both orders.
+    """
+    _, generated = models.part_names(freeze_depth)
+    first = second = 0
+    for module, macs, reads_input in conv_layers(cfg, image_size):
+        leaf = module == generated[0] and reads_input  # its input is the image or g_φ's features
+        first += macs * ((2 if leaf else 3) if module in generated else 1)
+        second += macs * ((4 if leaf else 9) if module in generated else 1)
+    return second / first
+
+
 def ratios(timings: list[Timing]) -> dict[str, float]:
-    """Second over first order at each k (time, and FLOPs from XLA's cost analysis: the exact second
-    order's Hessian-vector product adds 6 convolutions to the gradient's 3 in every generated layer,
-    so where every layer is generated its FLOPs approach 3× first order's); S seeds' images/s over one
-    seed's; our full-network steps over PyTorch's plain step (time)."""
+    """Second over first order at each k: time, FLOPs (XLA's cost analysis of the two compiled
+    steps) and the floor that the exact second order's convolutions set (`second_order_floor`: where
+    every layer is generated, nearly 3); S seeds' images/s over one seed's; our full-network steps
+    over PyTorch's plain step (time)."""
     by = {t.name: t for t in timings}
     out = {}
     torch_step = next((t for t in timings if t.name.startswith(TORCH_STEP)), None)
@@ -349,6 +386,7 @@ def ratios(timings: list[Timing]) -> dict[str, float]:
             if first.gflop_per_s and second.gflop_per_s:  # the work itself: GFLOP/s × ms = FLOPs per step
                 out[f"HN-{k} second / first order (FLOPs)"] = (second.gflop_per_s * second.ms_median
                                                               / (first.gflop_per_s * first.ms_median))
+            out[f"HN-{k} second / first order (floor: convolutions)"] = second_order_floor(k)
     for what in ("HN-3 first", "HN-3 experience 1"):
         one = by.get(f"{what}, 1 seed")
         for n in (3, 8):

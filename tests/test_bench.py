@@ -1,5 +1,6 @@
 """The bench's bookkeeping (`phn_jax.bench`), on constructed timings: its ratios and table are
 computed from the same run's figures. (The bench itself is `make bench`, never a timed test.)"""
+import numpy as np
 import pytest
 
 from phn_jax import bench
@@ -16,11 +17,13 @@ def test_ratios_and_table():
     assert r["HN-0 second / first order (time)"] == pytest.approx(1.8)
     assert r["HN-3 first: 3 seeds (map) / 1 seed (images/s)"] == pytest.approx(1.0)
     assert r["HN-3 first: 3 seeds (vmap) / 1 seed (images/s)"] == pytest.approx(2.0)
-    assert len(r) == 3  # no GFLOP/s: no FLOP ratio
+    assert r["HN-0 second / first order (floor: convolutions)"] == bench.second_order_floor(0)
+    assert len(r) == 4  # no GFLOP/s: no FLOP ratio
     # FLOPs per step = GFLOP/s × time: 2 × 180 against 3 × 100
     flops = bench.ratios([_t("HN-1 first", 100.0, gflop_per_s=3.0), _t("HN-1 second", 180.0, gflop_per_s=2.0)])
     assert flops == {"HN-1 second / first order (time)": pytest.approx(1.8),
-                     "HN-1 second / first order (FLOPs)": pytest.approx(1.2)}
+                     "HN-1 second / first order (FLOPs)": pytest.approx(1.2),
+                     "HN-1 second / first order (floor: convolutions)": bench.second_order_floor(1)}
     md = bench.markdown(timings, r, {"platform": "cpu", "device": "cpu", "cpu": "x86_64", "jax": "0"})
     assert "| HN-0 second | 1 | 180.0 (180.0–180.0) | 356 | n/a | n/a | 1.0 / 0.5 |" in md
     assert "| HN-0 second / first order (time) | 1.80 |" in md
@@ -99,3 +102,45 @@ def test_projected_time_from_a_shorter_run():
     assert "(20 × 100 epochs): **10.0 min**" in md
     with pytest.raises(SystemExit):
         bench.main(["--parts", "run", "--run-epochs", "1"])
+
+
+def _multiply_adds(jaxpr) -> int:
+    """Multiply-adds of every convolution and matmul in a jaxpr, its sub-jaxprs included."""
+    total = 0
+    for eqn in jaxpr.eqns:
+        out = eqn.outvars[0].aval.shape
+        if eqn.primitive.name == "conv_general_dilated":  # rhs HWIO: each output sums kh·kw·C_in products
+            total += np.prod(out) * np.prod(eqn.invars[1].aval.shape[:3])
+        elif eqn.primitive.name == "dot_general":
+            (contracted, _), _ = eqn.params["dimension_numbers"]
+            total += np.prod(out) * np.prod([eqn.invars[0].aval.shape[d] for d in contracted])
+        for v in eqn.params.values():
+            sub = getattr(v, "jaxpr", v)
+            if hasattr(sub, "eqns"):
+                total += _multiply_adds(sub)
+    return int(total)
+
+
+def test_second_order_floor_counts_the_network_s_convolutions():
+    """The floor's layer table (`conv_layers`) holds exactly the multiply-adds that the network's
+    forward pass traces (at 16×16 and at the bench's 32×32 inputs); the floor, hand-computed on a
+    two-stage network of one block each (nf 1, 4×4 inputs): stem 144, stage1 144 + 144, stage2 72 +
+    144 + 8 (shortcut), forward F = 656. k = 0: first order F + 144 (the stem reads the image: no ∂x)
+    + 2·(288 + 224) = 1824, second F + 3·144 + 8·512 = 5184; k = 1 (stage2's conv1 and shortcut read
+    g_φ's features): first F + 80 + 2·144 = 1024, second F + 3·80 + 8·144 = 2048."""
+    import jax
+
+    from phn_jax import models
+    cfg = models.ResNetConfig()
+    params = models.init_resnet(jax.random.PRNGKey(0), cfg)
+    for size in (16, 32):
+        x = jax.ShapeDtypeStruct((2, size, size, 3), np.float32)
+        jaxpr = jax.make_jaxpr(lambda p, x: models.apply(p, x, cfg, train=True, norm_mode="batch"))(params, x).jaxpr
+        classifier = 2 * cfg.widths[-1] * cfg.num_classes
+        assert _multiply_adds(jaxpr) - classifier == 2 * sum(m for _, m, _ in bench.conv_layers(cfg, size))
+    tiny = models.ResNetConfig(nf=1, in_channels=1, blocks_per_stage=(1, 1), strides=(1, 2))
+    assert [m for _, m, _ in bench.conv_layers(tiny, 4)] == [144, 144, 144, 72, 144, 8]
+    assert bench.second_order_floor(0, tiny, 4) == pytest.approx(5184 / 1824)
+    assert bench.second_order_floor(1, tiny, 4) == pytest.approx(2048 / 1024)
+    assert bench.second_order_floor(2, tiny, 4) == 1.0  # nothing generated but the classifier
+    assert [round(bench.second_order_floor(k), 2) for k in range(5)] == [2.99, 2.74, 2.42, 1.89, 1.0]
