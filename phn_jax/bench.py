@@ -331,30 +331,38 @@ def cases(parts) -> list[list[tuple[str, object, int]]]:
     return [group for group in out if group]
 
 
+def _taps(size: int, k: int, stride: int) -> int:
+    """Along one axis of `size` inputs: Σ over a k-wide window's output positions (stride s, padding
+    k // 2) of the window's taps that fall inside the input."""
+    return sum(0 <= o * stride + a - k // 2 < size for o in range(-(-size // stride)) for a in range(k))
+
+
 def conv_layers(cfg: models.ResNetConfig, image_size: int):
     """Yields (module, multiply-adds per image, reads the module's input) of every convolution of
-    the slim ResNet-18 on image_size² inputs: a k×k convolution from C_in to C_out channels with an
-    H×W output does H·W·k²·C_in·C_out."""
+    the slim ResNet-18 on image_size² inputs. A k×k convolution from C_in to C_out channels does
+    C_in·C_out multiply-adds for each pair of an output position and a kernel tap inside the input
+    (a tap on the padding multiplies zeros): taps(H)·taps(W)·C_in·C_out, ≈ H'·W'·k²·C_in·C_out."""
     hw = image_size
-    yield "stem", hw * hw * 9 * cfg.in_channels * cfg.nf, True
+    yield "stem", _taps(hw, 3, 1) ** 2 * cfg.in_channels * cfg.nf, True
     for stage, block, c_in, c_out, stride in models._block_shapes(cfg):
-        hw = -(-hw // stride)  # padding 1 (3×3) or 0 (1×1): ⌈H / stride⌉
-        yield stage, hw * hw * 9 * c_in * c_out, block == "block1"
-        yield stage, hw * hw * 9 * c_out * c_out, False
+        yield stage, _taps(hw, 3, stride) ** 2 * c_in * c_out, block == "block1"
         if stride != 1 or c_in != c_out:
-            yield stage, hw * hw * c_in * c_out, True
+            yield stage, _taps(hw, 1, stride) ** 2 * c_in * c_out, True
+        hw = -(-hw // stride)
+        yield stage, _taps(hw, 3, 1) ** 2 * c_out * c_out, False
 
 
 def second_order_floor(freeze_depth: int, cfg: models.ResNetConfig = models.ResNetConfig(),
                        image_size: int = 32) -> float:
-    """The exact second order's convolution multiply-adds over the first order's at freeze depth k:
-    the least its step can cost where time follows FLOPs.
+    """The exact second order's convolution multiply-adds over the first order's at freeze depth k
+    (`conv_layers`' counts): the least its step can cost, with direct convolutions, where time
+    follows FLOPs.
 
     Both orders run every convolution y = x ⊛ W forward. In a layer of h_ω (W generated) the first
     order adds the kernel gradient ∂W = x ⋆ ∂y and the input gradient ∂x = ∂y ⊛ᵀ W: 3 convolutions,
-    2 where x is the image or g_φ's features (x does not depend on ω: no ∂x). The second order adds
-    the tangents (in the direction the look-ahead's gradient takes; for the Hessian-vector product)
-    of each, two convolutions by the product rule: ẏ = ẋ ⊛ W + x ⊛ Ẇ, (∂W)˙ = ẋ ⋆ ∂y + x ⋆ (∂y)˙,
+    2 where x is the image or g_φ's features (x does not depend on ω: no ∂x). The second order (a
+    Hessian-vector product through that gradient) adds the tangent of each, two convolutions by the
+    product rule: ẏ = ẋ ⊛ W + x ⊛ Ẇ, (∂W)˙ = ẋ ⋆ ∂y + x ⋆ (∂y)˙,
     (∂x)˙ = (∂y)˙ ⊛ᵀ W + ∂y ⊛ᵀ Ẇ: 9 in all, 4 where ẋ = 0. (A product and its tangent, (x + εẋ)(W + εẆ)
     mod ε², take 3 products however they are arranged; merging two into one convolution of twice the
     channels keeps their multiply-adds.) The frozen layers run forward only, in both orders.

@@ -104,43 +104,52 @@ def test_projected_time_from_a_shorter_run():
         bench.main(["--parts", "run", "--run-epochs", "1"])
 
 
-def _multiply_adds(jaxpr) -> int:
-    """Multiply-adds of every convolution and matmul in a jaxpr, its sub-jaxprs included."""
+def _conv_multiply_adds(jaxpr) -> int:
+    """Multiply-adds of every convolution in a jaxpr (its sub-jaxprs included) on taps inside the
+    input: the convolution itself, with its strides and padding, of ones over one channel pair
+    counts them (each output sums the taps that land on the input), times the batch and C_in·C_out;
+    a matmul of [N, H, W, C_in] by [C_in, C_out] (`models.conv`'s 1×1 convolution of few channels):
+    N·H·W·C_in·C_out."""
+    import jax
+
     total = 0
     for eqn in jaxpr.eqns:
-        out = eqn.outvars[0].aval.shape
-        if eqn.primitive.name == "conv_general_dilated":  # rhs HWIO: each output sums kh·kw·C_in products
-            total += np.prod(out) * np.prod(eqn.invars[1].aval.shape[:3])
-        elif eqn.primitive.name == "dot_general":
-            (contracted, _), _ = eqn.params["dimension_numbers"]
-            total += np.prod(out) * np.prod([eqn.invars[0].aval.shape[d] for d in contracted])
+        if eqn.primitive.name == "conv_general_dilated":
+            (n, h, w, _), (kh, kw, c_in, c_out) = eqn.invars[0].aval.shape, eqn.invars[1].aval.shape  # NHWC, HWIO
+            ones = eqn.primitive.bind(np.ones((1, h, w, 1), np.float32), np.ones((kh, kw, 1, 1), np.float32),
+                                      **eqn.params)
+            total += n * int(ones.sum()) * c_in * c_out
+        elif eqn.primitive.name == "dot_general" and eqn.outvars[0].aval.ndim == 4:  # a 1×1 convolution as
+            total += np.prod(eqn.outvars[0].aval.shape) * eqn.invars[0].aval.shape[-1]  # a matmul (`models.conv`)
         for v in eqn.params.values():
             sub = getattr(v, "jaxpr", v)
             if hasattr(sub, "eqns"):
-                total += _multiply_adds(sub)
-    return int(total)
+                total += _conv_multiply_adds(sub)
+    return total
 
 
 def test_second_order_floor_counts_the_network_s_convolutions():
-    """The floor's layer table (`conv_layers`) holds exactly the multiply-adds that the network's
-    forward pass traces (at 16×16 and at the bench's 32×32 inputs); the floor, hand-computed on a
-    two-stage network of one block each (nf 1, 4×4 inputs): stem 144, stage1 144 + 144, stage2 72 +
-    144 + 8 (shortcut), forward F = 656. k = 0: first order F + 144 (the stem reads the image: no ∂x)
-    + 2·(288 + 224) = 1824, second F + 3·144 + 8·512 = 5184; k = 1 (stage2's conv1 and shortcut read
-    g_φ's features): first F + 80 + 2·144 = 1024, second F + 3·80 + 8·144 = 2048."""
+    """The floor's layer table (`conv_layers`) holds the multiply-adds of the convolutions that the
+    network's forward pass traces (16×16 and the bench's 32×32 inputs; 4 input channels, so that the
+    stem is a convolution and not a matmul over patches). The floor, hand-computed on a two-stage
+    network of one block each (nf 1, one input channel, 4×4 inputs; taps inside the input: 2+3+3+2 =
+    10 per axis at stride 1, 2+3 = 5 at stride 2 and 2+2 = 4 on the 2×2 map): stem 100, stage1 100 +
+    100, stage2 50 + 8 (the 1×1 shortcut: 2·2 taps, 1·2 channels) + 64, forward F = 422. k = 0: first
+    order F + 100 (the stem reads the image: no ∂x) + 2·322 = 1166, second F + 3·100 + 8·322 = 3298;
+    k = 1 (stage2's conv1 and shortcut read g_φ's features): first F + 58 + 2·64 = 608, second F +
+    3·58 + 8·64 = 1108."""
     import jax
 
     from phn_jax import models
-    cfg = models.ResNetConfig()
+    cfg = models.ResNetConfig(in_channels=4)
     params = models.init_resnet(jax.random.PRNGKey(0), cfg)
     for size in (16, 32):
-        x = jax.ShapeDtypeStruct((2, size, size, 3), np.float32)
+        x = jax.ShapeDtypeStruct((2, size, size, 4), np.float32)
         jaxpr = jax.make_jaxpr(lambda p, x: models.apply(p, x, cfg, train=True, norm_mode="batch"))(params, x).jaxpr
-        classifier = 2 * cfg.widths[-1] * cfg.num_classes
-        assert _multiply_adds(jaxpr) - classifier == 2 * sum(m for _, m, _ in bench.conv_layers(cfg, size))
+        assert _conv_multiply_adds(jaxpr) == 2 * sum(m for _, m, _ in bench.conv_layers(cfg, size))
     tiny = models.ResNetConfig(nf=1, in_channels=1, blocks_per_stage=(1, 1), strides=(1, 2))
-    assert [m for _, m, _ in bench.conv_layers(tiny, 4)] == [144, 144, 144, 72, 144, 8]
-    assert bench.second_order_floor(0, tiny, 4) == pytest.approx(5184 / 1824)
-    assert bench.second_order_floor(1, tiny, 4) == pytest.approx(2048 / 1024)
+    assert [m for _, m, _ in bench.conv_layers(tiny, 4)] == [100, 100, 100, 50, 8, 64]
+    assert bench.second_order_floor(0, tiny, 4) == pytest.approx(3298 / 1166)
+    assert bench.second_order_floor(1, tiny, 4) == pytest.approx(1108 / 608)
     assert bench.second_order_floor(2, tiny, 4) == 1.0  # nothing generated but the classifier
-    assert [round(bench.second_order_floor(k), 2) for k in range(5)] == [2.99, 2.74, 2.42, 1.89, 1.0]
+    assert [round(bench.second_order_floor(k), 2) for k in range(5)] == [2.99, 2.70, 2.34, 1.77, 1.0]
