@@ -344,9 +344,9 @@ def conv_layers(cfg: models.ResNetConfig, image_size: int):
     (a tap on the padding multiplies zeros): taps(H)·taps(W)·C_in·C_out, ≈ H'·W'·k²·C_in·C_out."""
     hw = image_size
     yield "stem", _taps(hw, 3, 1) ** 2 * cfg.in_channels * cfg.nf, True
-    for stage, block, c_in, c_out, stride in models._block_shapes(cfg):
+    for stage, block, c_in, c_out, stride, shortcut in models._block_shapes(cfg):
         yield stage, _taps(hw, 3, stride) ** 2 * c_in * c_out, block == "block1"
-        if stride != 1 or c_in != c_out:
+        if shortcut:
             yield stage, _taps(hw, 1, stride) ** 2 * c_in * c_out, True
         hw = -(-hw // stride)
         yield stage, _taps(hw, 3, 1) ** 2 * c_out * c_out, False

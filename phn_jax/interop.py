@@ -51,13 +51,13 @@ def torch_names(cfg: models.ResNetConfig, module_names) -> list[tuple[tuple[str,
         elif name == "classifier":
             out += [(("classifier", "kernel"), "classifier.weight"), (("classifier", "bias"), "classifier.bias")]
         else:
-            for stage, block, c_in, c_out, stride in models._block_shapes(cfg):
+            for stage, block, _, _, _, shortcut in models._block_shapes(cfg):
                 if stage != name:
                     continue
                 ours, theirs = (stage, block), f"layer{stage[-1]}.{int(block[5:]) - 1}"
                 out += [(ours + ("conv1",), f"{theirs}.conv1.weight")] + norm(ours + ("bn1",), f"{theirs}.bn1")
                 out += [(ours + ("conv2",), f"{theirs}.conv2.weight")] + norm(ours + ("bn2",), f"{theirs}.bn2")
-                if stride != 1 or c_in != c_out:
+                if shortcut:
                     out += [(ours + ("shortcut_conv",), f"{theirs}.shortcut.0.weight")]
                     out += norm(ours + ("shortcut_bn",), f"{theirs}.shortcut.1")
     return out

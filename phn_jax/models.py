@@ -112,11 +112,13 @@ def _norm_params(c: int) -> Params:
 
 
 def _block_shapes(cfg: ResNetConfig):
-    """Yields (stage, block, c_in, c_out, stride) for every BasicBlock."""
+    """Yields (stage, block, c_in, c_out, stride, shortcut) for every BasicBlock; shortcut: a 1×1
+    convolution (and its norm) on the skip path, where the block changes the stride or the width."""
     c_in = cfg.nf
-    for stage, width, n, stride in zip(STAGES, cfg.widths, cfg.blocks_per_stage, cfg.strides):
+    for stage, width, n, stage_stride in zip(STAGES, cfg.widths, cfg.blocks_per_stage, cfg.strides):
         for b in range(n):
-            yield stage, f"block{b + 1}", c_in, width, stride if b == 0 else 1
+            stride = stage_stride if b == 0 else 1
+            yield stage, f"block{b + 1}", c_in, width, stride, stride != 1 or c_in != width
             c_in = width
 
 
@@ -126,10 +128,10 @@ def init_resnet(key: jax.Array, cfg: ResNetConfig = ResNetConfig()) -> Params:
     keys = iter(jax.random.split(key, 64))
     params: Params = {"stem": {"conv": _conv_kernel(next(keys), cfg.nf, cfg.in_channels, 3),
                                "bn": _norm_params(cfg.nf)}}
-    for stage, block, c_in, c_out, stride in _block_shapes(cfg):
+    for stage, block, c_in, c_out, _, shortcut in _block_shapes(cfg):
         p = {"conv1": _conv_kernel(next(keys), c_out, c_in, 3), "bn1": _norm_params(c_out),
              "conv2": _conv_kernel(next(keys), c_out, c_out, 3), "bn2": _norm_params(c_out)}
-        if stride != 1 or c_in != c_out:
+        if shortcut:
             p["shortcut_conv"] = _conv_kernel(next(keys), c_out, c_in, 1)
             p["shortcut_bn"] = _norm_params(c_out)
         params.setdefault(stage, {})[block] = p
