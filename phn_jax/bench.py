@@ -64,6 +64,7 @@ from phn_jax import config as config_lib
 from phn_jax import metrics, models, report, runtime, train
 
 BATCH = 64
+IMAGE_SIZE = 32       # Split-CIFAR100's
 TASKS = 20
 PAPER_EPOCHS = 100     # the paper's epochs per experience (`make cifar100`)
 PARTS = ("steps", "seeds", "eval", "torch", "run")
@@ -79,7 +80,7 @@ def bench_config(strategy: str = "hn", freeze_depth: int = 3, order: str = "firs
     """The paper's Split-CIFAR100 shapes on the synthetic stream (no dataset needed)."""
     c = config_lib.base_config("synthetic")
     c.data.update(num_experiences=TASKS, classes_per_experience=5, train_per_class=BATCH // 5 + 1,
-                  test_per_class=100, image_size=32, conflict=False, augment="crop_flip")
+                  test_per_class=100, image_size=IMAGE_SIZE, conflict=False, augment="crop_flip")
     c.strategy.update(name=strategy, freeze_depth=freeze_depth, order=order)
     c.train.update(batch_size=BATCH, eval_batch_size=256, progress=False, num_devices=1, seed_axis=seed_axis)
     c.seeds = tuple(seeds)
@@ -353,7 +354,7 @@ def conv_layers(cfg: models.ResNetConfig, image_size: int):
 
 
 def second_order_floor(freeze_depth: int, cfg: models.ResNetConfig = models.ResNetConfig(),
-                       image_size: int = 32) -> float:
+                       image_size: int = IMAGE_SIZE) -> float:
     """The exact second order's convolution multiply-adds over the first order's at freeze depth k
     (`conv_layers`' counts): the least its step can cost, with direct convolutions, where time
     follows FLOPs.
