@@ -25,8 +25,9 @@ import orbax.checkpoint as ocp
 
 # 3: HN's targets are the hypernetwork's factored outputs (`Hypernetwork.snapshot`), no longer every
 # task's full ω, and EWC's state is its merged penalty (`ewc.consolidate`), no longer per-task stacks;
+# 4: a chunked hypernetwork's targets are its chunks (`ChunkedHypernetwork.snapshot`), no longer ω's pytree;
 # a checkpoint of another version is refused with a clear error, never moved aside.
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 CHECKPOINT_DIR = "checkpoints"
 DAMAGED_DIR = "checkpoints-damaged"  # damaged checkpoints moved aside, for inspection
 

@@ -46,6 +46,7 @@ def base_config(stream: str) -> ml_collections.ConfigDict:
         chunk_dim=4096,           # chunked: values emitted per chunk
         chunk_embedding_dim=32,   # chunked: width of the chunk embeddings c_i
         vectors_as_tables=True,   # chunked: norm γ/β and biases as per-task tables (False: generated too)
+        dense_init="pytorch",     # dense layers: pytorch (U(±1/√fan_in), the paper's code) | xavier (hypercl's)
     ))
     c.strategy = ml_collections.ConfigDict(dict(
         name="hn",                  # hn | naive | ewc | lr | joint (phn_jax.strategies)
@@ -123,12 +124,13 @@ def von_oswald_hnet(c: ml_collections.ConfigDict, *, beta: float, lr: float, epo
     """von Oswald et al.'s (ICLR 2020) HNET recipe on `c`, as their reference code runs it on MNIST:
     their target, a multi-head MLP with hidden layers `mlp` (ReLU, biases) on the flattened image
     (MNIST zero-padded to `image_size`, one channel, pixels in [0, 1]); a chunked hypernetwork
-    (`chunked`: its hnet fields) generating all of it, biases included (k = 0); the look-ahead
+    (`chunked`: its hnet fields) generating all of it, biases included (k = 0), its dense layers
+    Xavier uniform with zero biases and its embeddings N(0, 1) (hypercl's `generate_classifier`); the look-ahead
     through Adam's step at first order, only the current task embedding trained, a new embedding
     drawn fresh (not copied), batch 128; their β, lr and iterations (as epochs)."""
     c.model.update(arch="mlp", hidden_dims=tuple(mlp))
     c.data.update(image_size=image_size, channels=1, normalize=False)
-    c.hnet.update(kind="chunked", vectors_as_tables=False, **chunked)
+    c.hnet.update(kind="chunked", vectors_as_tables=False, dense_init="xavier", **chunked)
     c.strategy.update(freeze_depth=0, beta=beta, order="first", lookahead_step="optimizer",
                       train_old_embeddings=False, copy_embedding=False)
     c.optim.lr = lr
@@ -205,6 +207,8 @@ RULES = (
     ("model.hidden_dims", _positive_ints(None, "one or more integers ≥ 1, e.g. --config.model.hidden_dims=400,400"),
      "the MLP's hidden layers (model.arch=mlp)"),
     ("hnet.kind", _one_of(hypernetwork.HNET_KINDS), "heads: the paper's per-tensor heads; chunked: von Oswald et al."),
+    ("hnet.dense_init", _one_of(hypernetwork.DENSE_INITS), "the hypernetwork's dense layers: pytorch (PyTorch's "
+     "default, the paper's code) or xavier (Xavier uniform, zero biases: von Oswald et al.'s code)"),
     ("strategy.freeze_depth", _integer(0, 4), "k frozen residual stages: 0 generates the whole network (HN-F), "
      "4 only the classifier"),
     ("train.epochs", _integer(1), "epochs per experience (the paper: 100)"),

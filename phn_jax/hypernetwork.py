@@ -19,7 +19,8 @@ and one head per target tensor, chosen by its rank and name:
            for a norm scale and to 0 otherwise.
 
 Initialisation follows the reference code's PyTorch defaults: embeddings and lookup tables
-N(0, 1); linear maps and their biases U(±1/sqrt(fan_in)).
+N(0, 1); linear maps and their biases U(±1/sqrt(fan_in)) (`dense_init='pytorch'`; 'xavier' is
+hypercl's, see DENSE_INITS).
 
 With C = 100 outputs and 20 tasks the parameter count equals the paper's Table 6 for every freeze
 depth (tests/test_hypernetwork.py).
@@ -82,20 +83,48 @@ def target_heads(target_shapes) -> tuple[HeadSpec, ...]:
     return tuple(heads)
 
 
-def _uniform(key, shape, fan_in):
-    bound = 1 / math.sqrt(fan_in)
-    return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
+# How a dense layer y = x W + b (W [d_in, d_out]) of the hypernetwork starts:
+#   'pytorch': W, b ~ U(±1/sqrt(d_in)), PyTorch's `nn.Linear` default (the partial hypernetwork's reference code)
+#   'xavier':  W ~ U(±sqrt(6/(d_in + d_out))), b = 0, hypercl's `generate_classifier` (von Oswald et al.'s
+#              MNIST scripts: Xavier uniform for every matrix, zeros for every vector)
+DENSE_INITS = ("pytorch", "xavier")
 
 
-def _dense_init(key, d_in, d_out):
+def _check_dense_init(dense_init: str) -> None:
+    if dense_init not in DENSE_INITS:
+        raise ValueError(f"unknown dense_init {dense_init!r}; use one of {DENSE_INITS}")
+
+
+def dense_init_bounds(d_in: int, d_out: int, dense_init: str) -> tuple[float, float]:
+    """(weight bound, bias bound) of a dense layer d_in -> d_out: W ~ U(±a), b ~ U(±c) (c = 0: zeros)."""
+    _check_dense_init(dense_init)
+    if dense_init == "xavier":
+        return math.sqrt(6 / (d_in + d_out)), 0.0
+    return 1 / math.sqrt(d_in), 1 / math.sqrt(d_in)
+
+
+def _dense_init(key, d_in, d_out, dense_init: str):
+    a, c = dense_init_bounds(d_in, d_out, dense_init)
     kw, kb = jax.random.split(key)
-    return {"kernel": _uniform(kw, (d_in, d_out), d_in), "bias": _uniform(kb, (d_out,), d_in)}
+    return {"kernel": jax.random.uniform(kw, (d_in, d_out), jnp.float32, -a, a),
+            "bias": jax.random.uniform(kb, (d_out,), jnp.float32, -c, c) if c else jnp.zeros((d_out,), jnp.float32)}
 
 
 def output_sq_distances(omega_all, targets) -> jax.Array:
     """d_j = ‖T_j − ω_j‖²₂ over the flattened leaves of two pytrees with a leading task axis: [num_tasks]."""
     return sum(jnp.sum(jnp.square(t - o).reshape(o.shape[0], -1), axis=1)
                for t, o in zip(jax.tree_util.tree_leaves(targets), jax.tree_util.tree_leaves(omega_all)))
+
+
+@jax.custom_vjp
+def gram(m: jax.Array) -> jax.Array:
+    """G = M Mᵀ for M [r, n]: [r, r]. Its VJP is written out, (Ḡ + Ḡᵀ) M, one [r, r] @ [r, n]
+    product: autodiff's two products Ḡ M and Ḡᵀ M run the second with a transposed left operand,
+    which XLA:CPU computes ~10x slower than the first."""
+    return m @ m.T
+
+
+gram.defvjp(lambda m: (m @ m.T, m), lambda m, g: ((g + g.T) @ m,))
 
 
 ACTIVATIONS = {"relu": jax.nn.relu, "elu": jax.nn.elu}
@@ -106,9 +135,9 @@ def _check_activation(activation: str) -> None:
         raise ValueError(f"unknown hypernetwork activation {activation!r}; use one of {tuple(ACTIVATIONS)}")
 
 
-def _mlp_init(key, dims: tuple[int, ...]) -> list[dict]:
+def _mlp_init(key, dims: tuple[int, ...], dense_init: str) -> list[dict]:
     """Dense layers dims[0] -> dims[1] -> ... -> dims[-1]."""
-    return [_dense_init(k, a, b) for k, a, b in zip(jax.random.split(key, len(dims) - 1), dims[:-1], dims[1:])]
+    return [_dense_init(k, a, b, dense_init) for k, a, b in zip(jax.random.split(key, len(dims) - 1), dims[:-1], dims[1:])]
 
 
 def _mlp_apply(layers, x, activation: str):
@@ -135,9 +164,11 @@ class Hypernetwork:
     hidden_dims: tuple[int, ...] = (50, 32)
     head_embedding_dim: int = 32  # d, the width of the conv heads' lookup tables
     activation: str = "relu"
+    dense_init: str = "pytorch"  # DENSE_INITS
 
     def __post_init__(self):
         _check_activation(self.activation)
+        _check_dense_init(self.dense_init)
 
     @classmethod
     def for_target(cls, target_shapes, num_tasks: int, **kwargs) -> "Hypernetwork":
@@ -147,16 +178,16 @@ class Hypernetwork:
     def init(self, key: jax.Array) -> dict[str, Any]:
         k_emb, k_mlp, k_heads = jax.random.split(key, 3)
         psi = {"embeddings": jax.random.normal(k_emb, (self.num_tasks, self.embedding_dim), jnp.float32),
-               "mlp": _mlp_init(k_mlp, (self.embedding_dim,) + self.hidden_dims),
+               "mlp": _mlp_init(k_mlp, (self.embedding_dim,) + self.hidden_dims, self.dense_init),
                "heads": {}}
         h, d = self.hidden_dims[-1], self.head_embedding_dim
         for head, k in zip(self.heads, jax.random.split(k_heads, len(self.heads))):
             if head.kind == "conv":
                 k1, k2 = jax.random.split(k)
-                p = _dense_init(k1, h + d, head.size // head.shape[0])
+                p = _dense_init(k1, h + d, head.size // head.shape[0], self.dense_init)
                 p["lookup"] = jax.random.normal(k2, (head.shape[0], d), jnp.float32)
             elif head.kind == "linear":
-                p = _dense_init(k, h, head.size)
+                p = _dense_init(k, h, head.size, self.dense_init)
             else:
                 p = {"table": jnp.full((self.num_tasks,) + head.shape, head.init, jnp.float32)}
             psi["heads"][head.path] = p
@@ -265,8 +296,9 @@ class ChunkedHypernetwork:
     only in how the weight tensors are generated, and γ keeps its initial value 1. von Oswald et al.
     generate everything, biases included: `vectors_as_tables=False`.
 
-    Initialisation: E, c ~ N(0, 1); dense layers U(±1/sqrt(fan_in)) (PyTorch defaults, as the
-    heads version and the reference implementation `hypercl` without its hyperfan option).
+    Initialisation: E, c ~ N(0, 1); dense layers as `dense_init` says (DENSE_INITS): 'pytorch'
+    (U(±1/sqrt(fan_in)), PyTorch's default) or 'xavier' (Xavier uniform, zero biases: hypercl's
+    `generate_classifier`, which von Oswald et al.'s MNIST results come from).
 
     Params ψ: {'embeddings': [num_tasks, embedding_dim], 'chunk_embeddings': [n_c, d_c],
     'mlp': [dense]* (hidden layers), 'output': dense [hidden_dims[-1], chunk_dim],
@@ -283,9 +315,11 @@ class ChunkedHypernetwork:
     chunk_dim: int = 4096
     chunk_embedding_dim: int = 32
     activation: str = "relu"
+    dense_init: str = "pytorch"  # DENSE_INITS
 
     def __post_init__(self):
         _check_activation(self.activation)
+        _check_dense_init(self.dense_init)
         for name in ("chunk_dim", "chunk_embedding_dim", "embedding_dim"):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or value <= 0:
@@ -316,17 +350,28 @@ class ChunkedHypernetwork:
         return {
             "embeddings": jax.random.normal(k_emb, (self.num_tasks, self.embedding_dim), jnp.float32),
             "chunk_embeddings": jax.random.normal(k_chunk, (self.num_chunks, self.chunk_embedding_dim), jnp.float32),
-            "mlp": _mlp_init(k_mlp, (self.embedding_dim + self.chunk_embedding_dim,) + self.hidden_dims),
-            "output": _dense_init(k_out, self.hidden_dims[-1], self.chunk_dim),
+            "mlp": _mlp_init(k_mlp, (self.embedding_dim + self.chunk_embedding_dim,) + self.hidden_dims,
+                             self.dense_init),
+            "output": _dense_init(k_out, self.hidden_dims[-1], self.chunk_dim, self.dense_init),
             "tables": {h.path: jnp.full((self.num_tasks,) + h.shape, h.init, jnp.float32)
                        for h in self.heads if h.kind == "table"},
         }
 
+    def hidden(self, psi, task_ids: jax.Array) -> jax.Array:
+        """h_ti, the last hidden layer for every chunk i of every task id of a vector [T]: [T, n_c, H].
+
+        The T·n_c inputs [e_t ; c_i] go through the MLP as one [T·n_c, ·] matrix, so that every
+        product, and its gradient, is a plain 2-D matmul (XLA:CPU's gradient of a [T, n_c, ·] @ [·, ·]
+        product contracts two axes at once, several times slower).
+        """
+        c, e = psi["chunk_embeddings"], psi["embeddings"][task_ids]
+        n_c, T = c.shape[0], e.shape[0]
+        x = jnp.concatenate([jnp.repeat(e, n_c, axis=0), jnp.tile(c, (T, 1))], axis=-1)  # [T·n_c, d_e + d_c]
+        return _mlp_apply(psi["mlp"], x, self.activation).reshape(T, n_c, -1)
+
     def apply(self, psi, task_id) -> dict[str, Any]:
         """ω = H_ψ(t) for a scalar integer task id: exactly the pytree h_ω takes (vmappable over t)."""
-        c = psi["chunk_embeddings"]
-        e = jnp.broadcast_to(psi["embeddings"][task_id], (c.shape[0], self.embedding_dim))
-        h = _mlp_apply(psi["mlp"], jnp.concatenate([e, c], axis=-1), self.activation)
+        h = self.hidden(psi, jnp.reshape(task_id, (1,)))[0]
         flat = (h @ psi["output"]["kernel"] + psi["output"]["bias"]).reshape(-1)  # [n_c · chunk_dim]
         out, offset = {}, 0
         for head in self.heads:
@@ -338,13 +383,41 @@ class ChunkedHypernetwork:
         return traverse_util.unflatten_dict(out, sep="/")
 
     def snapshot(self, psi) -> dict[str, Any]:
-        """The outputs H_ψ(j) of every task j (leaves [num_tasks, ...]), the targets T_j of the
-        look-ahead regulariser: the chunks have no smaller form."""
-        return jax.vmap(self.apply, in_axes=(None, 0))(psi, jnp.arange(self.num_tasks))
+        """The outputs H_ψ(j) of every task j, the targets T_j of the look-ahead regulariser, in
+        factored form: v*_ji = W*_out h*_ji + b*_out is kept as {'hidden': h*_ji [num_tasks, n_c, H],
+        'output': (W*_out [H, chunk_dim], b*_out [chunk_dim]), 'tables': {path: [num_tasks, *shape]}}:
+        (num_tasks·n_c + chunk_dim)·H values, not num_tasks·|ω_gen|."""
+        return {"hidden": self.hidden(psi, jnp.arange(self.num_tasks)), "output": psi["output"],
+                "tables": psi["tables"]}
 
     def sq_distances(self, psi, targets) -> jax.Array:
-        """d_j = ‖H_ψ(j) − T_j‖²₂ for every task j: [num_tasks], against `targets` = `snapshot(ψ*)`."""
-        return output_sq_distances(self.snapshot(psi), targets)
+        """d_j = ‖H_ψ(j) − T_j‖²₂ for every task j: [num_tasks], against `targets` = `snapshot(ψ*)`,
+        without forming the num_tasks·|ω_gen| outputs. Chunk i of task j differs from its target by
+
+            v_ji − v*_ji = W Δh_ji + ΔW h*_ji + Δb = M u_ji,   M = [W ; ΔW ; Δb] [2H+1, chunk_dim] (rows),
+            u_ji = [Δh_ji ; h*_ji ; 1],   Δh = h − h*,  ΔW = W − W*,  Δb = b − b*
+
+        so ‖v_ji − v*_ji‖² = u_jiᵀ G u_ji with G = M Mᵀ [2H+1, 2H+1]: one product over the chunk
+        values for all tasks (`gram`), instead of one per task. The last chunk counts only its
+        first |ω_gen| − (n_c − 1)·chunk_dim values, those `apply` keeps: its differences are
+        formed (M[:, :kept]ᵀ u), not its Gram matrix. The tables add ‖ΔT_j‖². Every factor is a
+        difference taken directly (Δh, ΔW, Δb), so the gradient is as exact in float32 as the
+        outputs' own difference; the value (logged) carries the rounding of G, relative
+        eps·‖M‖²‖u‖² / ‖M u‖². The same values as `output_sq_distances` of the full outputs.
+        """
+        h, h_star = self.hidden(psi, jnp.arange(self.num_tasks)), targets["hidden"]
+        w, b = psi["output"]["kernel"], psi["output"]["bias"]
+        m = jnp.concatenate([w, w - targets["output"]["kernel"], (b - targets["output"]["bias"])[None]])
+        u = jnp.concatenate([h - h_star, h_star, jnp.ones(h.shape[:2] + (1,), h.dtype)], axis=-1)  # [T, n_c, 2H+1]
+        whole = u[:, :-1].reshape(-1, u.shape[-1])  # every chunk but the last: [T·(n_c − 1), 2H+1]
+        d = jnp.sum((whole @ gram(m)) * whole, axis=-1).reshape(self.num_tasks, -1).sum(axis=1)
+        kept = self.num_generated - (self.num_chunks - 1) * self.chunk_dim
+        d = d + jnp.sum(jnp.square(u[:, -1] @ m[:, :kept]), axis=-1)
+        return d + output_sq_distances(psi["tables"], targets["tables"]) if self.num_tables else d
+
+    @property
+    def num_tables(self) -> int:
+        return sum(h.kind == "table" for h in self.heads)
 
     def num_params(self) -> int:
         """|ψ| (the formula of the class docstring), from the static structure alone."""
@@ -358,9 +431,9 @@ class ChunkedHypernetwork:
 HNET_KINDS = ("heads", "chunked")
 # The options of each kind besides the target and the number of tasks.
 _KIND_OPTIONS = {
-    "heads": ("embedding_dim", "hidden_dims", "head_embedding_dim", "activation"),
+    "heads": ("embedding_dim", "hidden_dims", "head_embedding_dim", "activation", "dense_init"),
     "chunked": ("embedding_dim", "hidden_dims", "chunk_dim", "chunk_embedding_dim", "activation",
-                "vectors_as_tables"),
+                "vectors_as_tables", "dense_init"),
 }
 
 

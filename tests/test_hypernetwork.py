@@ -55,12 +55,25 @@ def test_heads_against_direct_formula():
     np.testing.assert_allclose(omega["fc"], (h @ fc["kernel"] + fc["bias"]).reshape(6, 5), rtol=1e-4, atol=1e-5)
 
 
-def test_factored_distances_equal_the_full_outputs_in_float64():
+FACTORED = {
+    "heads": dict(kind="heads", embedding_dim=3, hidden_dims=(7, 6), head_embedding_dim=2),
+    # 90 + 24 + 5 = 119 generated values in chunks of 16: the last chunk keeps 7 of its 16 values; with the
+    # norm's scale as a table 114 values, 3 chunks of 38
+    "chunked": dict(kind="chunked", embedding_dim=3, hidden_dims=(7, 6), chunk_dim=16, chunk_embedding_dim=2,
+                    vectors_as_tables=False, activation="elu"),
+    "chunked, tables": dict(kind="chunked", embedding_dim=3, hidden_dims=(7, 6), chunk_dim=38, chunk_embedding_dim=2),
+}
+
+
+@pytest.mark.parametrize("name", FACTORED)
+def test_factored_distances_equal_the_full_outputs_in_float64(name):
     """‖H_ψ(j) − H_ψ*(j)‖² from the factored snapshot (`sq_distances`) against the full outputs of every
     task (`output_sq_distances` of `apply` vmapped): value, gradient in ψ and a Hessian-vector product,
-    in float64, with every leaf of ψ moved off ψ*; and the snapshot's size."""
+    in float64, with every leaf of ψ moved off ψ*; and the snapshot's size. For the chunked
+    hypernetwork the factors are h*, W*, b* and the distances come from a Gram matrix (`gram`)."""
     target = {"conv": jnp.zeros((5, 3, 3, 2)), "fc": jnp.zeros((6, 4)), "norm": {"scale": jnp.zeros((5,))}}
-    hnet = Hypernetwork.for_target(target, num_tasks=4, embedding_dim=3, hidden_dims=(7, 6), head_embedding_dim=2)
+    options = dict(FACTORED[name])
+    hnet = build_hypernetwork(options.pop("kind"), target, 4, **options)
     rng = np.random.default_rng(0)
     with jax.enable_x64(True):
         shapes = jax.eval_shape(hnet.init, jax.random.key(0))
@@ -82,9 +95,15 @@ def test_factored_distances_equal_the_full_outputs_in_float64():
         chex.assert_trees_all_close(grads["factored"], grads["full"], rtol=1e-10, atol=1e-12)
         chex.assert_trees_all_close(hvps["factored"], hvps["full"], rtol=1e-10, atol=1e-12)
         assert float(jnp.max(jnp.abs(factored(psi_star)))) == 0.0
-    # the conv head holds (tasks + C_out)·kh·kw·C_in values, not tasks·|ω|; the others tasks·|ω|
-    sizes = {path: sum(np.size(x) for x in f.values()) for path, f in targets.items()}
-    assert sizes == {"conv": (4 + 5) * 18, "fc": 4 * 24, "norm/scale": 4 * 5}
+    if name == "heads":  # the conv head holds (tasks + C_out)·kh·kw·C_in values, not tasks·|ω|; the others tasks·|ω|
+        sizes = {path: sum(np.size(x) for x in f.values()) for path, f in targets.items()}
+        assert sizes == {"conv": (4 + 5) * 18, "fc": 4 * 24, "norm/scale": 4 * 5}
+    else:  # h* of every task and chunk, W*, b* and the tables: (tasks·n_c + chunk_dim)·H + chunk_dim + tables
+        # "chunked": the last chunk is cut (119 = 7·16 + 7); "chunked, tables": chunks fit exactly (114 = 3·38)
+        assert (hnet.num_generated % hnet.chunk_dim != 0) == (name == "chunked")
+        tables = 4 * 5 if options.get("vectors_as_tables", True) else 0
+        size = (4 * hnet.num_chunks + hnet.chunk_dim) * 6 + hnet.chunk_dim + tables
+        assert sum(np.size(x) for x in jax.tree_util.tree_leaves(targets)) == size
 
 
 class VmapTest(chex.TestCase):
