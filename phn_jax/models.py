@@ -349,49 +349,62 @@ def _per_position(v: jax.Array, per_sample: bool) -> jax.Array:
     return v[:, None, None, :] if per_sample else v
 
 
+def _shift(x: jax.Array, per_sample: bool) -> jax.Array:
+    """s, one value of x for each statistics group, held constant (no gradient): [N, C] per sample
+    (x[n, 0, 0, :]), else [C] (x[0, 0, 0, :]). Sums of x − s keep their precision where |μ| ≫ σ."""
+    return jax.lax.stop_gradient(x[:, 0, 0, :] if per_sample else x[0, 0, 0, :])
+
+
 @partial(jax.custom_vjp, nondiff_argnums=(4,))
 def _norm_train(x, scale, bias, w, per_sample: bool):
     """(y, μ, σ²) of normalisation with the statistics of x [N,H,W,C] (per sample, or over the batch
-    with sample weights w [N] ∈ {0, 1}):
+    with sample weights w [N] ∈ {0, 1}), from shifted data x̃ = x − s (s: `_shift`, one value of
+    each group, a constant):
 
-        S₁[n,c] = Σ_{h,w} x,  S₂[n,c] = Σ_{h,w} x²,  μ = Σ_n w·S₁ / n,  σ² = Σ_n w·S₂ / n − μ²
-        y = (x − μ)·r·γ + β,  r = (σ² + ε)^(-1/2)        (per sample: no Σ_n, w = 1, n = H·W)
+        S₁[n,c] = Σ_{h,w} x̃,  S₂[n,c] = Σ_{h,w} x̃²,  μ̃ = Σ_n w·S₁ / n,  σ² = Σ_n w·S₂ / n − μ̃²,  μ = μ̃ + s
+        y = (x̃ − μ̃)·r·γ + β,  r = (σ² + ε)^(-1/2)        (per sample: no Σ_n, w = 1, n = H·W)
 
-    One pass over x for both statistics (σ² as E[x²] − μ², flax's fast variance, clipped at 0 against
-    rounding; the VJP takes the clip as inactive); the VJP is in
-    closed form (`_norm_train_bwd`), so that every reduction, forward and backward, is a plain sum
-    over an input or a product of two inputs, which XLA:CPU runs as one fused reduction; autodiff
-    of the two-pass formula made XLA write (x − μ), x̂ and their products out first (2.5-3x the
-    time at stage 1). Its own derivative (the second order) is JAX's, of `_norm_train_bwd`.
+    One pass over x for both statistics, and a VJP in closed form (`_norm_train_bwd`), so that every
+    reduction, forward and backward, is a plain sum over an input or a product of two inputs, which
+    XLA:CPU runs as one fused reduction; autodiff of the two-pass formula made XLA write (x − μ),
+    x̂ and their products out first (2.5-3x the time at stage 1). The shift keeps E[x̃²] − μ̃² exact
+    in float32: unshifted, E[x²] − μ² cancels where |μ| ≫ σ (per-sample statistics over few pixels
+    at stage 4 lost 4.6e-2 of ψ's gradient); with s a value of the group, |μ̃| is a few σ. y, μ, σ²
+    and every derivative are those of the unshifted formula (it is invariant to a constant shift).
+    σ² is clipped at 0 against rounding; the VJP takes the clip as inactive. Its own derivative (the
+    second order) is JAX's, of `_norm_train_bwd`.
     """
     return _norm_train_fwd(x, scale, bias, w, per_sample)[0]
 
 
 def _norm_train_fwd(x, scale, bias, w, per_sample):
+    s = _shift(x, per_sample)
+    xs = x - _per_position(s, per_sample)
     n = _count(w, x.shape[1] * x.shape[2], per_sample)
-    mean = _group(w[:, None] * x.sum((1, 2)), per_sample) / n
-    var = jnp.maximum(_group(w[:, None] * jnp.square(x).sum((1, 2)), per_sample) / n - jnp.square(mean), 0)
+    mean_s = _group(w[:, None] * xs.sum((1, 2)), per_sample) / n
+    var = jnp.maximum(_group(w[:, None] * jnp.square(xs).sum((1, 2)), per_sample) / n - jnp.square(mean_s), 0)
     r = jax.lax.rsqrt(var + BN_EPS)
-    y = _standardize(x, _per_position(mean, per_sample), _per_position(r, per_sample), scale, bias)
-    return (y, mean, var), (x, scale, w, mean, r)
+    y = _standardize(xs, _per_position(mean_s, per_sample), _per_position(r, per_sample), scale, bias)
+    return (y, mean_s + s, var), (xs, scale, w, mean_s, r)
 
 
 def _norm_train_bwd(per_sample, residuals, cotangents):
-    """With g = ∂L/∂y, Σ over each group (Σ_g, Σ_gx: plain sums of g and g·x):
+    """With g = ∂L/∂y, Σ over each group (Σ_g, Σ_gx̃: plain sums of g and g·x̃), in the shifted
+    x̃ = x − s and μ̃ = μ − s of `_norm_train` (∂x̃/∂x = 1, s a constant):
 
-        ∂L/∂β = Σ g,  ∂L/∂γ = Σ g·x̂ = r·(Σ_gx − μ·Σ_g),  ∂L/∂r = γ·(Σ_gx − μ·Σ_g)
-        ∂L/∂σ² = −r³/2 · ∂L/∂r (+ σ²'s cotangent),  ∂L/∂μ = −γ·r·Σ_g − 2μ·∂L/∂σ² (+ μ's)
-        ∂L/∂x = γ·r·g + w/n · (∂L/∂μ + 2x·∂L/∂σ²)      (μ = Σ w·S₁/n, E[x²] = Σ w·S₂/n)
+        ∂L/∂β = Σ g,  ∂L/∂γ = Σ g·x̂ = r·(Σ_gx̃ − μ̃·Σ_g),  ∂L/∂r = γ·(Σ_gx̃ − μ̃·Σ_g)
+        ∂L/∂σ² = −r³/2 · ∂L/∂r (+ σ²'s cotangent),  ∂L/∂μ̃ = −γ·r·Σ_g − 2μ̃·∂L/∂σ² (+ μ's)
+        ∂L/∂x = γ·r·g + w/n · (∂L/∂μ̃ + 2x̃·∂L/∂σ²)      (μ̃ = Σ w·S₁/n, E[x̃²] = Σ w·S₂/n)
     """
-    x, scale, w, mean, r = residuals
+    xs, scale, w, mean_s, r = residuals
     g, g_mean, g_var = cotangents
-    n = _count(w, x.shape[1] * x.shape[2], per_sample)
-    sum_g, sum_gx = _group(g.sum((1, 2)), per_sample), _group((g * x).sum((1, 2)), per_sample)
-    d_scale = r * (sum_gx - mean * sum_g)
+    n = _count(w, xs.shape[1] * xs.shape[2], per_sample)
+    sum_g, sum_gx = _group(g.sum((1, 2)), per_sample), _group((g * xs).sum((1, 2)), per_sample)
+    d_scale = r * (sum_gx - mean_s * sum_g)
     d_var = -0.5 * r ** 2 * scale * d_scale + g_var
-    d_mean = -scale * r * sum_g - 2 * mean * d_var + g_mean
+    d_mean = -scale * r * sum_g - 2 * mean_s * d_var + g_mean
     per_n = lambda d: (w[:, None] * d / n)[:, None, None, :]  # ∂L/∂S[n,c], S₁ or S₂
-    dx = g * _per_position(scale * r, per_sample) + per_n(d_mean) + 2 * x * per_n(d_var)
+    dx = g * _per_position(scale * r, per_sample) + per_n(d_mean) + 2 * xs * per_n(d_var)
     if per_sample:
         d_scale, sum_g = d_scale.sum(0), sum_g.sum(0)
     return dx, d_scale, sum_g, jnp.zeros_like(w)
