@@ -41,6 +41,7 @@ import numpy as np
 from flax import traverse_util
 
 from phn_jax import models
+from phn_jax.runtime import float_dtype, random_floats
 
 HEAD_KINDS = ("conv", "linear", "table")
 
@@ -106,8 +107,9 @@ def dense_init_bounds(d_in: int, d_out: int, dense_init: str) -> tuple[float, fl
 def _dense_init(key, d_in, d_out, dense_init: str):
     a, c = dense_init_bounds(d_in, d_out, dense_init)
     kw, kb = jax.random.split(key)
-    return {"kernel": jax.random.uniform(kw, (d_in, d_out), jnp.float32, -a, a),
-            "bias": jax.random.uniform(kb, (d_out,), jnp.float32, -c, c) if c else jnp.zeros((d_out,), jnp.float32)}
+    return {"kernel": random_floats(jax.random.uniform, kw, (d_in, d_out), minval=-a, maxval=a),
+            "bias": random_floats(jax.random.uniform, kb, (d_out,), minval=-c, maxval=c) if c
+            else jnp.zeros((d_out,), float_dtype())}
 
 
 def output_sq_distances(omega_all, targets) -> jax.Array:
@@ -177,7 +179,7 @@ class Hypernetwork:
     @models.compiled_init("self")
     def init(self, key: jax.Array) -> dict[str, Any]:
         k_emb, k_mlp, k_heads = jax.random.split(key, 3)
-        psi = {"embeddings": jax.random.normal(k_emb, (self.num_tasks, self.embedding_dim), jnp.float32),
+        psi = {"embeddings": random_floats(jax.random.normal, k_emb, (self.num_tasks, self.embedding_dim)),
                "mlp": _mlp_init(k_mlp, (self.embedding_dim,) + self.hidden_dims, self.dense_init),
                "heads": {}}
         h, d = self.hidden_dims[-1], self.head_embedding_dim
@@ -185,11 +187,11 @@ class Hypernetwork:
             if head.kind == "conv":
                 k1, k2 = jax.random.split(k)
                 p = _dense_init(k1, h + d, head.size // head.shape[0], self.dense_init)
-                p["lookup"] = jax.random.normal(k2, (head.shape[0], d), jnp.float32)
+                p["lookup"] = random_floats(jax.random.normal, k2, (head.shape[0], d))
             elif head.kind == "linear":
                 p = _dense_init(k, h, head.size, self.dense_init)
             else:
-                p = {"table": jnp.full((self.num_tasks,) + head.shape, head.init, jnp.float32)}
+                p = {"table": jnp.full((self.num_tasks,) + head.shape, head.init, float_dtype())}
             psi["heads"][head.path] = p
         return psi
 
@@ -348,12 +350,13 @@ class ChunkedHypernetwork:
     def init(self, key: jax.Array) -> dict[str, Any]:
         k_emb, k_chunk, k_mlp, k_out = jax.random.split(key, 4)
         return {
-            "embeddings": jax.random.normal(k_emb, (self.num_tasks, self.embedding_dim), jnp.float32),
-            "chunk_embeddings": jax.random.normal(k_chunk, (self.num_chunks, self.chunk_embedding_dim), jnp.float32),
+            "embeddings": random_floats(jax.random.normal, k_emb, (self.num_tasks, self.embedding_dim)),
+            "chunk_embeddings": random_floats(jax.random.normal, k_chunk,
+                                              (self.num_chunks, self.chunk_embedding_dim)),
             "mlp": _mlp_init(k_mlp, (self.embedding_dim + self.chunk_embedding_dim,) + self.hidden_dims,
                              self.dense_init),
             "output": _dense_init(k_out, self.hidden_dims[-1], self.chunk_dim, self.dense_init),
-            "tables": {h.path: jnp.full((self.num_tasks,) + h.shape, h.init, jnp.float32)
+            "tables": {h.path: jnp.full((self.num_tasks,) + h.shape, h.init, float_dtype())
                        for h in self.heads if h.kind == "table"},
         }
 

@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from phn_jax.runtime import float_dtype
+
 ORDERS = ("none", "first", "second")
 COMBINES = ("sum", "mean")
 LOOKAHEAD_STEPS = ("sgd", "optimizer")
@@ -56,12 +58,12 @@ def regularized_task_weights(key: jax.Array, task_id: jax.Array, num_tasks: int,
     """
     prev = jnp.arange(num_tasks) < task_id
     if subset > 0:
-        scores = jnp.where(prev, jax.random.uniform(key, (num_tasks,)), jnp.inf)
+        scores = jnp.where(prev, jax.random.uniform(key, (num_tasks,), jnp.float32), jnp.inf)
         rank = jnp.argsort(jnp.argsort(scores))
         prev = prev & (rank < subset)
     if reduce not in REG_REDUCES:
         raise ValueError(f"reduce must be one of {REG_REDUCES}, got {reduce!r}")
-    return prev / jnp.maximum(prev.sum(), 1) if reduce == "mean" else prev.astype(jnp.float32)
+    return prev / jnp.maximum(prev.sum(), 1) if reduce == "mean" else prev.astype(float_dtype())
 
 
 def tree_cosine(a, b) -> jax.Array:

@@ -37,6 +37,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from phn_jax.runtime import float_dtype, random_floats
+
 Params = dict[str, Any]
 
 STAGES = ("stage1", "stage2", "stage3", "stage4")
@@ -104,11 +106,11 @@ def check_norm(norm: str) -> str:
 def _conv_kernel(key, c_out: int, c_in: int, size: int) -> jax.Array:
     """OHWI kernel, U(±1/sqrt(fan_in)) as PyTorch's default conv init (kaiming_uniform, a=√5)."""
     init = jax.nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform", in_axis=(1, 2, 3), out_axis=0)
-    return init(key, (c_out, size, size, c_in), jnp.float32)
+    return random_floats(init, key, (c_out, size, size, c_in))
 
 
 def _norm_params(c: int) -> Params:
-    return {"scale": jnp.ones((c,), jnp.float32), "bias": jnp.zeros((c,), jnp.float32)}
+    return {"scale": jnp.ones((c,), float_dtype()), "bias": jnp.zeros((c,), float_dtype())}
 
 
 def _block_shapes(cfg: ResNetConfig):
@@ -144,8 +146,8 @@ def init_linear(key: jax.Array, d_in: int, d_out: int, lead: tuple[int, ...] = (
     nn.Linear: U(±1/sqrt(d_in)); `lead` stacks independent layers (e.g. one head per task)."""
     bound = 1 / np.sqrt(d_in)
     kk, kb = jax.random.split(key)
-    return {"kernel": jax.random.uniform(kk, (*lead, d_in, d_out), jnp.float32, -bound, bound),
-            "bias": jax.random.uniform(kb, (*lead, d_out), jnp.float32, -bound, bound)}
+    return {"kernel": random_floats(jax.random.uniform, kk, (*lead, d_in, d_out), minval=-bound, maxval=bound),
+            "bias": random_floats(jax.random.uniform, kb, (*lead, d_out), minval=-bound, maxval=bound)}
 
 
 def init_batch_stats(params: Params) -> Params:

@@ -102,6 +102,19 @@ def agree(stop: bool, due: bool) -> tuple[bool, bool]:
     return bool(flags[:, 0].any()), bool(flags[0, 1])
 
 
+
+def float_dtype():
+    """The dtype of every float array a run makes (parameters, optimizer state, model inputs):
+    float32, or float64 where JAX_ENABLE_X64 / `jax.enable_x64` is on (a whole run in float64, for
+    checking numerics). Read at each call, so that `jax.enable_x64(True)` applies inside it."""
+    return jax.dtypes.canonicalize_dtype(np.float64)
+
+
+def random_floats(sample, key: jax.Array, shape: tuple[int, ...], **kwargs) -> jax.Array:
+    """`sample(key, shape, float32, **kwargs)` (a `jax.random` sampler or initialiser) as `float_dtype()`:
+    drawn in float32 either way, so that a float64 run starts from the float32 run's very values."""
+    return sample(key, shape, np.float32, **kwargs).astype(float_dtype())
+
 @dataclasses.dataclass(frozen=True)
 class Topology:
     """What a run executes on, as the log and `runtime.json` record it."""

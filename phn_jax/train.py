@@ -211,7 +211,7 @@ def _sum_over_test_set(count, init, images, labels, num_valid, key, *, spec, bat
         idx_s, mask_s, key_s = inputs
         x = jax.lax.with_sharding_constraint(data.preprocess(spec, key_s, images[idx_s], train=False),
                                              runtime.batch_sharded(mesh))
-        return total + count(x, labels[idx_s], mask_s), None
+        return total + count(x, labels[idx_s], mask_s).astype(total.dtype), None  # int64 under jax_enable_x64
 
     total, _ = jax.lax.scan(step, init, (idx, mask, jax.random.split(key, idx.shape[0])))
     return total

@@ -199,3 +199,23 @@ def test_sigkill_twenty_times(tmp_path, uninterrupted):
     print(f"\n{identical}/20 identical; {len(lost)}/20 kills hit a running run; work lost per kill: median "
           f"{np.median(lost):.2f} s, largest {max(lost):.2f} s")
     assert identical == 20
+
+
+def test_a_whole_run_in_float64_trains_the_same_model(tmp_path):
+    """JAX_ENABLE_X64=1 runs the whole stream in float64 (parameters, optimizer state, inputs; the
+    evaluation's counts are int64 then), for anyone checking numerics; its first epoch's loss equals
+    the float32 run's of the same seed to 1e-4."""
+    runs = {}
+    for name, env in (("float64", {"JAX_ENABLE_X64": "1"}), ("float32", {"JAX_ENABLE_X64": "0"})):
+        workdir = tmp_path / name
+        done = cli.run(workdir, "--config.train.epochs=2", env=env)
+        assert done.returncode == 0, done.stdout + done.stderr
+        with jax.enable_x64(True):  # read as saved (this process runs without x64, which would cast to float32)
+            _, state, _ = checkpoint.read_latest(workdir)
+        floats = {np.asarray(a).dtype for a in jax.tree_util.tree_leaves(state) if np.asarray(a).dtype.kind == "f"}
+        assert floats == {np.dtype(name)}
+        metrics = json.loads((workdir / "metrics.json").read_text())
+        assert metrics["completed_experiences"] == 3 and np.isfinite(metrics["aca"])
+        runs[name] = (workdir / "train_history.csv").read_text().splitlines()[1].split(",")
+    loss = {name: float(row[2]) for name, row in runs.items()}
+    np.testing.assert_allclose(loss["float64"], loss["float32"], rtol=1e-4)

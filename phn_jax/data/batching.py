@@ -53,7 +53,7 @@ def epoch_indices(
         return _layout(jax.random.permutation(key, num_examples), num_examples, batch_size, jnp)
     position = jnp.arange(num_examples)
     # Random keys for the real examples, +inf for the padding: argsort puts the real ones first.
-    scores = jnp.where(position < num_valid, jax.random.uniform(key, (num_examples,)), jnp.inf)
+    scores = jnp.where(position < num_valid, jax.random.uniform(key, (num_examples,), jnp.float32), jnp.inf)
     idx, _ = _layout(jnp.argsort(scores), num_examples, batch_size, jnp)
     return idx, (jnp.arange(idx.size) < num_valid).reshape(idx.shape)
 

@@ -15,6 +15,8 @@ import dm_pix as pix
 import jax
 import jax.numpy as jnp
 
+from phn_jax.runtime import float_dtype, random_floats
+
 AUGMENTATIONS = ("none", "flip", "crop_flip")
 NOISES = ("none", "solarize", "blur", "autocontrast_gray_blur")
 
@@ -127,7 +129,8 @@ def apply_noise(noise: str, key: jax.Array, images: jax.Array) -> jax.Array:
     if noise == "blur":
         return gaussian_blur(images, BLUR_SIGMA)
     if noise == "autocontrast_gray_blur":
-        sigma = jax.random.uniform(key, images.shape[:1], minval=GRAY_BLUR_SIGMA[0], maxval=GRAY_BLUR_SIGMA[1])
+        sigma = random_floats(jax.random.uniform, key, images.shape[:1], minval=GRAY_BLUR_SIGMA[0],
+                              maxval=GRAY_BLUR_SIGMA[1])
         return gaussian_blur(grayscale(autocontrast(images)), sigma)
     raise ValueError(f"unknown noise {noise!r}; expected one of {NOISES}")
 
@@ -141,7 +144,7 @@ def preprocess(spec: Preprocess, key: jax.Array, images: jax.Array, train: bool)
     random blur σ (the same key gives the same batch).
     """
     aug_key, noise_key = jax.random.split(key)
-    x = images.astype(jnp.float32) / 255.0
+    x = images.astype(float_dtype()) / 255.0
     if train and spec.augment != "none":
         crop_key, flip_key = jax.random.split(aug_key)
         if spec.augment == "crop_flip":
@@ -152,6 +155,6 @@ def preprocess(spec: Preprocess, key: jax.Array, images: jax.Array, train: bool)
             raise ValueError(f"cannot map {x.shape[-1]}-channel images to {spec.channels} channels")
         x = jnp.repeat(x, spec.channels, axis=-1)
     x = apply_noise(spec.noise, noise_key, x)
-    mean = jnp.asarray(spec.mean, jnp.float32)
-    std = jnp.asarray(spec.std, jnp.float32)
+    mean = jnp.asarray(spec.mean, float_dtype())
+    std = jnp.asarray(spec.std, float_dtype())
     return (x - mean) / std

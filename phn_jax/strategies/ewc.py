@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 
 from phn_jax import data, metrics, models
+from phn_jax.runtime import float_dtype
 from phn_jax.strategies.base import masked_cross_entropy, real_batches
 from phn_jax.strategies.naive import Naive
 
@@ -92,7 +93,7 @@ class EWC(Naive):
     def init(self, key):
         state = super().init(key)
         zeros = jax.tree_util.tree_map(jnp.zeros_like, state["params"])
-        return {**state, "ewc": {"importance": zeros, "center": zeros, "offset": jnp.zeros((), jnp.float32)}}
+        return {**state, "ewc": {"importance": zeros, "center": zeros, "offset": jnp.zeros((), float_dtype())}}
 
     def regularizer(self, params, state, key, first: bool):
         """Ω(θ) against every task consolidated so far: exactly 0 in the first experience, where no

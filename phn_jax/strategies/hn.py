@@ -24,6 +24,7 @@ import optax
 
 from phn_jax import lookahead, metrics, models
 from phn_jax.partial_hnet import PartialHypernetwork
+from phn_jax.runtime import float_dtype
 from phn_jax.strategies.base import masked_correct, masked_cross_entropy
 
 
@@ -175,7 +176,7 @@ class HN:
         n = self.model.hnet.num_params()
         mem = {"hypernetwork_params": n, "hypernetwork_mb": metrics.hypernetwork_megabytes(n)}
         if self.input_shape is not None:
-            x = jax.ShapeDtypeStruct((1,) + tuple(self.input_shape), jnp.float32)
+            x = jax.ShapeDtypeStruct((1,) + tuple(self.input_shape), float_dtype())
             z = jax.eval_shape(lambda phi, x: self.model.features(phi, x, train=False)[0], state["phi"], x)
             mem.update(metrics.replay_buffer_memory(self.buffer_size, z.shape[1:]))
         return mem

@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 
 from phn_jax import data, metrics, models
+from phn_jax.runtime import float_dtype
 from phn_jax.strategies.base import masked_cross_entropy, real_batches
 from phn_jax.strategies.naive import Naive
 
@@ -69,7 +70,7 @@ def class_balanced_selection(old_class, old_valid, new_class, new_valid, seen, k
     # Sort the candidates by class, randomly within a class; invalid ones last.
     big = seen.shape[0]
     sort_class = jnp.where(valid, cls, big)
-    order = jnp.lexsort((jax.random.uniform(key, cls.shape), sort_class))
+    order = jnp.lexsort((jax.random.uniform(key, cls.shape, jnp.float32), sort_class))
     sorted_class = sort_class[order]
     position = jnp.arange(cls.shape[0]) - jnp.searchsorted(sorted_class, sorted_class, side="left")
     keep_sorted = (sorted_class < big) & (position < quota[jnp.minimum(sorted_class, big - 1)])
@@ -132,7 +133,7 @@ class LatentReplay(Naive):
     @models.compiled_init("self")
     def init(self, key):
         m, c = self.buffer_size, self.model.resnet.num_classes
-        buffer = {"z": jnp.zeros((m, *self.feature_shape), jnp.float32), "y": jnp.zeros((m,), jnp.int32),
+        buffer = {"z": jnp.zeros((m, *self.feature_shape), float_dtype()), "y": jnp.zeros((m,), jnp.int32),
                   "task": jnp.zeros((m,), jnp.int32), "valid": jnp.zeros((m,), bool),
                   "seen": jnp.zeros((self.num_tasks, c), bool)}
         return {**super().init(key), "buffer": buffer}
@@ -141,7 +142,7 @@ class LatentReplay(Naive):
         """A uniformly random subset of the valid entries: (idx int32 [R'], mask bool [R']),
         R' = min(R, M); positions beyond the number of valid entries are masked out."""
         size = min(self.replay_batch_size, self.buffer_size)
-        scores = jnp.where(buffer["valid"], jax.random.uniform(key, buffer["valid"].shape), -1.0)
+        scores = jnp.where(buffer["valid"], jax.random.uniform(key, buffer["valid"].shape, jnp.float32), -1.0)
         _, idx = jax.lax.top_k(scores, size)
         return idx, buffer["valid"][idx]
 

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from phn_jax import models
+from phn_jax.runtime import float_dtype
 
 Params = models.Params
 
@@ -113,7 +114,7 @@ class MultiHeadResNet:
         on 32×32×3 (NHWC); found with `jax.eval_shape` (no FLOPs)."""
         params = jax.eval_shape(lambda: self.init(jax.random.key(0))[0])
         z = jax.eval_shape(lambda p, x: self.trunk(p, x, depth, train=False)[0], params,
-                           jax.ShapeDtypeStruct((1, *input_shape), jnp.float32))
+                           jax.ShapeDtypeStruct((1, *input_shape), float_dtype()))
         return tuple(z.shape[1:])
 
     @staticmethod
