@@ -180,8 +180,8 @@ def _fmt(mean: float | None, std: float | None = None, digits: int = 1) -> str:
     return f"{mean:.{digits}f}" + ("" if std is None else f" ± {std:.{digits}f}")
 
 
-def _cell(ours: dict | None) -> str:
-    return "—" if ours is None else _fmt(ours["mean"], ours["std"])
+def _cell(ours: dict | None, digits: int = 1) -> str:
+    return "—" if ours is None else _fmt(ours["mean"], ours["std"], digits)
 
 
 def cells(ours: dict | None, paper: dict | None, digits: int = 1) -> tuple[str, str, str]:
@@ -313,18 +313,19 @@ def table6(groups, paper) -> list[str]:
 
 def table_von_oswald(groups, paper) -> list[str]:
     """von Oswald et al.'s Table 1: HNET on their MNIST streams; CL1 (task given: our ACA) beside their
-    number, and ours with the task inferred by entropy (HNET+ENT: class-incremental and task-inference
-    accuracy)."""
+    number, our learning accuracy and forgetting, and ours with the task inferred by entropy
+    (HNET+ENT: class-incremental and task-inference accuracy)."""
     rows = []
     for stream in VON_OSWALD_STREAMS:
         g = _find(groups, stream, "HNET", None)
         if g is not None:
             cl1 = cells(_ours(g["aggregate"], "aca"), paper_value(paper, "vo1", stream, "HNET", "aca"), 2)
-            inferred = [_cell(_ours(g["aggregate"], m)) for m in ("class_incremental_accuracy", "task_inference_accuracy")]
-            rows.append([title(stream), "HNET", *cl1, *inferred])
+            ours = [_cell(_ours(g["aggregate"], m), 2) for m in ("learning_accuracy", "forgetting",
+                                                              "class_incremental_accuracy", "task_inference_accuracy")]
+            rows.append([title(stream), "HNET", *cl1, *ours])
     return _table("von Oswald et al. (ICLR 2020), Table 1: accuracy (%) after the last task",
-                  ["stream", "method", "ours CL1", "paper CL1", "Δ CL1", "ours HNET+ENT (class-incremental)",
-                   "ours task inference"], rows)
+                  ["stream", "method", "ours CL1", "paper CL1", "Δ CL1", "ours learning accuracy", "ours forgetting",
+                   "ours HNET+ENT (class-incremental)", "ours task inference"], rows)
 
 
 def transfer_results(groups) -> dict[tuple[str, str], dict[str, list]]:
