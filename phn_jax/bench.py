@@ -30,6 +30,10 @@ Parts:
   seeds  HN-3 (first order) and its experience-1 step with 1, 3 and 8 seeds in one program
          (`config.seeds`): images/s summed over seeds
   eval   evaluation of 20 tasks on their test sets (500 images each), as after the last experience
+  mnist  von Oswald et al.'s MNIST configs (`make split-mnist`, `make permuted-mnist`: their MLP from a
+         chunked hypernetwork, batch 128) on a synthetic stream of their shapes: the experience-1
+         step and the look-ahead step (experience 2), timed together; the look-ahead / experience-1
+         ratio is what a look-ahead epoch costs over an experience-1 epoch
   torch  our full-network steps (Naive; the experience-1 step of HN-0 and HN-3) and a plain PyTorch
          step of the same slim ResNet-18 (`experiments/bench_torch.py --serve`, run by --torch-python
          in its own environment, its steps alternating with ours; on the GPU when that torch sees
@@ -39,7 +43,7 @@ Parts:
          images per class) for --run-epochs epochs per experience, and from it the projected wall
          time of `make cifar100 FREEZE=3` (100 epochs per experience; `projected_time`)
 
-Steps, seeds and eval are the default parts. Writes `bench.json` and `bench.md` (the same tables)
+Steps, seeds, eval and mnist are the default parts. Writes `bench.json` and `bench.md` (the same tables)
 under --out, again after each program, so an interrupted bench keeps what it measured.
 """
 from __future__ import annotations
@@ -61,15 +65,17 @@ import jax
 import numpy as np
 
 from phn_jax import config as config_lib
-from phn_jax import metrics, models, report, runtime, train
+from phn_jax import data, metrics, models, report, runtime, train
 
 BATCH = 64
 IMAGE_SIZE = 32       # Split-CIFAR100's
 TASKS = 20
 PAPER_EPOCHS = 100     # the paper's epochs per experience (`make cifar100`)
-PARTS = ("steps", "seeds", "eval", "torch", "run")
-DEFAULT_PARTS = ("steps", "seeds", "eval")
-TORCH_SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "bench_torch.py"
+PARTS = ("steps", "seeds", "eval", "mnist", "torch", "run")
+DEFAULT_PARTS = ("steps", "seeds", "eval", "mnist")
+MNIST_CONFIGS = {"SplitMNIST": "split_mnist", "PermutedMNIST-10": "permuted_mnist"}  # experiments/configs/<name>.py
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+TORCH_SCRIPT = EXPERIMENTS / "bench_torch.py"
 TORCH_STEP = "PyTorch plain step"
 FULL_NETWORK = ("Naive", "HN-0 experience 1", "HN-3 experience 1")  # our steps that train the whole network
 ROUNDS = 4             # rounds of `time_interleaved`
@@ -84,6 +90,19 @@ def bench_config(strategy: str = "hn", freeze_depth: int = 3, order: str = "firs
     c.strategy.update(name=strategy, freeze_depth=freeze_depth, order=order)
     c.train.update(batch_size=BATCH, eval_batch_size=256, progress=False, num_devices=1, seed_axis=seed_axis)
     c.seeds = tuple(seeds)
+    return c
+
+
+def mnist_config(name: str):
+    """experiments/configs/`name`.py (von Oswald et al.'s MNIST settings) on a synthetic stream of its
+    shapes (experiences, classes, image size, one channel), so that no dataset is needed."""
+    c = config_lib.load_config(EXPERIMENTS / "configs" / f"{name}.py")
+    size, tasks = c.data.image_size, c.data.num_experiences
+    classes = c.data.get("classes_per_experience", c.model.num_classes)
+    c.data = data.default_data_config("synthetic")
+    c.data.update(num_experiences=tasks, classes_per_experience=classes, image_size=size, channels=1,
+                  train_per_class=c.train.batch_size // classes + 1, test_per_class=10, conflict=False)
+    c.train.update(progress=False, num_devices=1)
     return c
 
 
@@ -130,13 +149,13 @@ def _cost(compiled) -> tuple[float | None, float | None]:
     return flops, mb
 
 
-def _batch(s: train.Setup, t: int):
-    """Experience t's first BATCH training images of each seed (one step), replicated."""
+def _batch(s: train.Setup, t: int, batch: int):
+    """Experience t's first `batch` training images of each seed (one step), replicated."""
     def one(stream):
         e = stream.experiences[t]
-        return e.train_images[:BATCH], e.train_labels[:BATCH], np.full(BATCH, t, np.int32)
+        return e.train_images[:batch], e.train_labels[:batch], np.full(batch, t, np.int32)
     images, labels, tasks = s.stack([one(stream) for stream in s.streams])
-    return (*runtime.replicate((images, labels, tasks), s.mesh), s.stack([BATCH] * len(s.seeds)))
+    return (*runtime.replicate((images, labels, tasks), s.mesh), s.stack([batch] * len(s.seeds)))
 
 
 @dataclasses.dataclass
@@ -173,15 +192,17 @@ def time_interleaved(programs: list[Program], steps: int, rounds: int = ROUNDS, 
 
 
 def step_program(name: str, config, t: int) -> Program:
-    """The training step of experience t of `config` (one batch per call of `train_epoch`), compiled."""
+    """The training step of experience t of `config` (one batch of config.train.batch_size per call of
+    `train_epoch`), compiled."""
     s = train.setup(config)
     k_init, _ = train.split_key(s.key())
     state = train.init_state(k_init, strategy=s.strategy, seed_axis=s.seed_axis)
     state = train.begin_experience(state, t, strategy=s.strategy, seed_axis=s.seed_axis)
     carry = [runtime.replicate(state, s.mesh)]
-    arrays = _batch(s, t)
+    batch = config.train.batch_size
+    arrays = _batch(s, t, batch)
     key = train.fold_in(s.key(), 7)
-    kwargs = dict(strategy=s.strategy, spec=s.stream.experiences[t].preprocess, batch_size=BATCH, first=s.first(t),
+    kwargs = dict(strategy=s.strategy, spec=s.stream.experiences[t].preprocess, batch_size=batch, first=s.first(t),
                   mesh=s.mesh, seed_axis=s.seed_axis)
     compiled, cold, warm = _compile(train.train_epoch, (carry[0], *arrays, t, key), kwargs)
 
@@ -193,7 +214,7 @@ def step_program(name: str, config, t: int) -> Program:
 
     # lax.map's body is one seed's step
     loops = len(s.seeds) if s.seed_axis == "map" else 1
-    return Program(name, len(s.seeds), BATCH * len(s.seeds), step, compiled, cold, warm, loops)
+    return Program(name, len(s.seeds), batch * len(s.seeds), step, compiled, cold, warm, loops)
 
 
 def eval_program(name: str, config) -> Program:
@@ -329,6 +350,9 @@ def cases(parts) -> list[list[tuple[str, object, int]]]:
             out.append([(f"{what}, 1 seed", bench_config("hn", 3), t)] + [
                 (f"{what}, {n} seeds {axis}", bench_config("hn", 3, "first", tuple(range(n)), axis), t)
                 for n in (3, 8) for axis in train.SEED_AXES])
+    if "mnist" in parts:
+        out += [[(f"{title} experience 1", mnist_config(name), 0), (f"{title} look-ahead", mnist_config(name), 1)]
+                for title, name in MNIST_CONFIGS.items()]
     return [group for group in out if group]
 
 
@@ -396,6 +420,13 @@ def ratios(timings: list[Timing]) -> dict[str, float]:
                 out[f"HN-{k} second / first order (FLOPs)"] = (second.gflop_per_s * second.ms_median
                                                               / (first.gflop_per_s * first.ms_median))
             out[f"HN-{k} second / first order (floor: convolutions)"] = second_order_floor(k)
+    for title in MNIST_CONFIGS:
+        first, lookahead = by.get(f"{title} experience 1"), by.get(f"{title} look-ahead")
+        if first and lookahead:
+            out[f"{title}: look-ahead / experience-1 step (time)"] = lookahead.ms_median / first.ms_median
+            if first.gflop_per_s and lookahead.gflop_per_s:
+                out[f"{title}: look-ahead / experience-1 step (FLOPs)"] = (lookahead.gflop_per_s * lookahead.ms_median
+                                                                         / (first.gflop_per_s * first.ms_median))
     for what in ("HN-3 first", "HN-3 experience 1"):
         one = by.get(f"{what}, 1 seed")
         for n in (3, 8):
@@ -409,7 +440,8 @@ def ratios(timings: list[Timing]) -> dict[str, float]:
 def markdown(timings: list[Timing], ratio: dict[str, float], machine: dict, run: dict | None = None) -> str:
     fmt = lambda v, d=1: "n/a" if v is None else f"{v:.{d}f}"
     lines = [f"# phn_jax bench: {machine['platform']} ({machine['device']}), {machine['cpu']}, jax {machine['jax']}",
-             "", f"Batch {BATCH} of 32×32×3, slim ResNet-18 (nf 20), {TASKS} tasks; medians over the steps timed.", "",
+             "", f"Batch {BATCH} of 32×32×3, slim ResNet-18 (nf 20), {TASKS} tasks (the MNIST rows: their configs' "
+             "MLP, chunked hypernetwork and batch 128); medians over the steps timed.", "",
              "| program | seeds | ms/step median (min–max) | images/s | GFLOP/s | memory MB | compile cold / warm s |",
              "|---|---|---|---|---|---|---|"]
     for t in timings:

@@ -37,6 +37,8 @@ def test_cases_cover_every_depth_and_order():
         assert [f"HN-{k} {order}" for order in ("none", "first", "second")] in groups
     assert list(bench.FULL_NETWORK) + [bench.TORCH_STEP] in groups
     assert {"Naive", "EWC", "LR-3", "HN-3 experience 1, 8 seeds vmap"} <= set(names)
+    for title in bench.MNIST_CONFIGS:
+        assert [f"{title} experience 1", f"{title} look-ahead"] in groups
     with pytest.raises(SystemExit):
         bench.main(["--parts", "nothing"])
 
@@ -153,3 +155,16 @@ def test_second_order_floor_counts_the_network_s_convolutions():
     assert bench.second_order_floor(1, tiny, 4) == pytest.approx(1108 / 608)
     assert bench.second_order_floor(2, tiny, 4) == 1.0  # nothing generated but the classifier
     assert [round(bench.second_order_floor(k), 2) for k in range(5)] == [2.99, 2.70, 2.34, 1.77, 1.0]
+
+
+def test_mnist_configs_on_their_shapes_and_the_look_ahead_ratio():
+    """The MNIST rows run von Oswald et al.'s configs (MLP target, chunked hypernetwork, batch 128) on a
+    synthetic stream of their shapes; the ratio is look-ahead over experience-1 step."""
+    split, permuted = (bench.mnist_config(name) for name in bench.MNIST_CONFIGS.values())
+    assert (split.data.num_experiences, split.data.classes_per_experience, split.data.image_size) == (5, 2, 28)
+    assert (permuted.data.num_experiences, permuted.data.classes_per_experience, permuted.data.image_size) == (10, 10, 32)
+    for c in (split, permuted):
+        assert (c.data.name, c.data.channels, c.model.arch, c.hnet.kind, c.train.batch_size) == (
+            "synthetic", 1, "mlp", "chunked", 128)
+    r = bench.ratios([_t("SplitMNIST experience 1", 2.0), _t("SplitMNIST look-ahead", 5.0)])
+    assert r == {"SplitMNIST: look-ahead / experience-1 step (time)": pytest.approx(2.5)}
