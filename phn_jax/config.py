@@ -127,7 +127,22 @@ def von_oswald_hnet(c: ml_collections.ConfigDict, *, beta: float, lr: float, epo
     (`chunked`: its hnet fields) generating all of it, biases included (k = 0), its dense layers
     Xavier uniform with zero biases and its embeddings N(0, 1) (hypercl's `generate_classifier`); the look-ahead
     through Adam's step at first order, only the current task embedding trained, a new embedding
-    drawn fresh (not copied), batch 128; their β, lr and iterations (as epochs)."""
+    drawn fresh (not copied), batch 128; their β, lr and iterations (as epochs).
+
+    Also as theirs: the hypernetwork's dense layers Xavier uniform with zero biases and the task and
+    chunk embeddings N(0, 1) (hypercl mnist/train_utils.py `generate_classifier`); a fresh Adam for the
+    hypernetwork at every task (mnist/train_splitMNIST.py `train_class_one_t` creates its optimizers).
+    Where ours differs (none expected to change a result beyond rounding):
+      - one Adam over ψ, the old task embeddings' gradients zeroed, where theirs has one for θ and one
+        for the current embedding: the old embeddings get no update either way (their Adam moments
+        stay 0, so the virtual step leaves them too), and the current one is not in the regulariser
+      - Adam's ε in the virtual step: utils/optim_step.py `adam_step` (PyTorch's Adam of its day) adds
+        it to the uncorrected √v, lr·√(1−β₂ᵗ)/(1−β₁ᵗ)·m/(√v + ε); ours (optax) to the corrected √v̂,
+        lr·m̂/(√v̂ + ε): they differ at ε's scale (1e-8) in a task's first steps
+      - the regulariser from the targets' factors (`ChunkedHypernetwork.sq_distances`), theirs from the
+        full outputs: the same function (float64 tests), at a fraction of the cost
+      - evaluation: theirs tests each task right after it ("during") and after the last ("after");
+        our accuracy matrix holds both (its diagonal and its last row)"""
     c.model.update(arch="mlp", hidden_dims=tuple(mlp))
     c.data.update(image_size=image_size, channels=1, normalize=False)
     c.hnet.update(kind="chunked", vectors_as_tables=False, dense_init="xavier", **chunked)

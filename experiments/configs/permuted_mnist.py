@@ -31,20 +31,7 @@ each with the file that sets it:
     (`embedding_reset='normal'`), not copied from the previous task
   - task inference by the lowest softmax entropy (HNET+ENT), temperature 1 (`soft_temp`,
     mnist/train_args.py): reported beside the task-incremental accuracy (eval.task_inference)
-  - the hypernetwork's dense layers Xavier uniform with zero biases, embeddings (task and chunk)
-    N(0, 1) (mnist/train_utils.py `generate_classifier`; hnet.dense_init='xavier')
-  - a fresh Adam for the hypernetwork at every task (train_class_one_t creates its optimizers)
-Ours, where we differ (none expected to change a result beyond rounding):
-  - one Adam over ψ, the old task embeddings' gradients zeroed, where theirs has one for θ and one for
-    the current embedding: the old embeddings get no update either way (their Adam moments stay 0,
-    so the virtual step leaves them too), and the current one does not enter the regulariser (j < t)
-  - Adam's ε in the virtual step: utils/optim_step.py `adam_step` (PyTorch's Adam of its day) adds it
-    to the uncorrected √v, lr·√(1−β₂ᵗ)/(1−β₁ᵗ)·m/(√v + ε); ours (optax) to the corrected √v̂,
-    lr·m̂/(√v̂ + ε): they differ at ε's scale (1e-8) in the first steps of a task
-  - the regulariser's value and gradient from the targets' factors (`ChunkedHypernetwork.sq_distances`),
-    theirs from the full outputs: the same function (float64 tests), at a fraction of the cost
-  - evaluation: theirs tests each task right after it ("during") and after the last ("after");
-    our accuracy matrix holds both (its diagonal and its last row)
+  - the rest of the recipe, and where ours still differs: `phn_jax.config.von_oswald_hnet`
 """
 from phn_jax.config import base_config, von_oswald_hnet
 
