@@ -381,13 +381,13 @@ def _norm_train(x, scale, bias, w, per_sample: bool):
 
 def _norm_train_fwd(x, scale, bias, w, per_sample):
     s = _shift(x, per_sample)
-    xs = x - _per_position(s, per_sample)
+    xs = x - _per_position(s, per_sample)  # fused into each reduction and into y: never written out
     n = _count(w, x.shape[1] * x.shape[2], per_sample)
     mean_s = _group(w[:, None] * xs.sum((1, 2)), per_sample) / n
     var = jnp.maximum(_group(w[:, None] * jnp.square(xs).sum((1, 2)), per_sample) / n - jnp.square(mean_s), 0)
     r = jax.lax.rsqrt(var + BN_EPS)
     y = _standardize(xs, _per_position(mean_s, per_sample), _per_position(r, per_sample), scale, bias)
-    return (y, mean_s + s, var), (xs, scale, w, mean_s, r)
+    return (y, mean_s + s, var), (x, s, scale, w, mean_s, r)
 
 
 def _norm_train_bwd(per_sample, residuals, cotangents):
@@ -398,9 +398,10 @@ def _norm_train_bwd(per_sample, residuals, cotangents):
         ∂L/∂σ² = −r³/2 · ∂L/∂r (+ σ²'s cotangent),  ∂L/∂μ̃ = −γ·r·Σ_g − 2μ̃·∂L/∂σ² (+ μ's)
         ∂L/∂x = γ·r·g + w/n · (∂L/∂μ̃ + 2x̃·∂L/∂σ²)      (μ̃ = Σ w·S₁/n, E[x̃²] = Σ w·S₂/n)
     """
-    xs, scale, w, mean_s, r = residuals
+    x, s, scale, w, mean_s, r = residuals
+    xs = x - _per_position(s, per_sample)
     g, g_mean, g_var = cotangents
-    n = _count(w, xs.shape[1] * xs.shape[2], per_sample)
+    n = _count(w, x.shape[1] * x.shape[2], per_sample)
     sum_g, sum_gx = _group(g.sum((1, 2)), per_sample), _group((g * xs).sum((1, 2)), per_sample)
     d_scale = r * (sum_gx - mean_s * sum_g)
     d_var = -0.5 * r ** 2 * scale * d_scale + g_var
