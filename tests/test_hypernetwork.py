@@ -289,3 +289,33 @@ def test_mlp_target_is_generated_whole_by_the_chunked_hypernetwork():
         assert stats is None
     with pytest.raises(ValueError, match="must be 0"):
         PartialHypernetwork.create(net, 1, num_tasks=2)
+
+
+def test_chunked_distances_in_float32_against_float64_near_the_targets():
+    """The Gram form of the chunked regulariser (`ChunkedHypernetwork.sq_distances`) in float32, with ψ
+    a small step (1e-3 relative) off ψ* as within an experience: its gradient within 1e-4 of the full
+    outputs' gradient in float64, like the full outputs' own float32 gradient."""
+    target = {"a": jnp.zeros((300, 40)), "b": jnp.zeros((40,)), "c": jnp.zeros((40, 10))}
+    hnet = build_hypernetwork("chunked", target, 4, embedding_dim=8, hidden_dims=(10, 10), chunk_dim=1000,
+                              chunk_embedding_dim=8, vectors_as_tables=False, activation="elu", dense_init="xavier")
+    rng = np.random.default_rng(5)
+    shapes = jax.eval_shape(hnet.init, jax.random.key(0))
+    psi_star = jax.tree_util.tree_map(lambda s: rng.normal(size=s.shape) * (0.03 if s.shape[-1] == 1000 else 1), shapes)
+    psi = jax.tree_util.tree_map(lambda a: a * (1 + 1e-3 * rng.normal(size=a.shape)), psi_star)
+    weights = np.array([1 / 3, 1 / 3, 1 / 3, 0.0])
+    outputs = lambda p: jax.vmap(hnet.apply, in_axes=(None, 0))(p, jnp.arange(4))
+
+    def full(p, p_star):
+        return jnp.dot(weights, output_sq_distances(outputs(p), outputs(p_star)))
+
+    f32 = lambda t: jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), t)
+    gram = jax.jit(jax.grad(lambda p, p_star: jnp.dot(weights, hnet.sq_distances(p, hnet.snapshot(p_star)))))(
+        f32(psi), f32(psi_star))
+    direct = jax.jit(jax.grad(full))(f32(psi), f32(psi_star))
+    with jax.enable_x64(True):
+        as64 = lambda t: jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), t)
+        exact = jax.tree_util.tree_map(np.asarray, jax.jit(jax.grad(full))(as64(psi), as64(psi_star)))
+    for name, got in (("gram", gram), ("direct", direct)):
+        err = max(float(np.max(np.abs(np.asarray(a, np.float64) - b)) / np.max(np.abs(b)))
+                  for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(exact)))
+        assert err < 1e-4, (name, err)
