@@ -96,7 +96,7 @@ def _check_dense_init(dense_init: str) -> None:
         raise ValueError(f"unknown dense_init {dense_init!r}; use one of {DENSE_INITS}")
 
 
-def dense_init_bounds(d_in: int, d_out: int, dense_init: str) -> tuple[float, float]:
+def _dense_init_bounds(d_in: int, d_out: int, dense_init: str) -> tuple[float, float]:
     """(weight bound, bias bound) of a dense layer d_in -> d_out: W ~ U(±a), b ~ U(±c) (c = 0: zeros)."""
     _check_dense_init(dense_init)
     if dense_init == "xavier":
@@ -105,7 +105,7 @@ def dense_init_bounds(d_in: int, d_out: int, dense_init: str) -> tuple[float, fl
 
 
 def _dense_init(key, d_in, d_out, dense_init: str):
-    a, c = dense_init_bounds(d_in, d_out, dense_init)
+    a, c = _dense_init_bounds(d_in, d_out, dense_init)
     kw, kb = jax.random.split(key)
     return {"kernel": random_floats(jax.random.uniform, kw, (d_in, d_out), minval=-a, maxval=a),
             "bias": random_floats(jax.random.uniform, kb, (d_out,), minval=-c, maxval=c) if c

@@ -102,7 +102,6 @@ def agree(stop: bool, due: bool) -> tuple[bool, bool]:
     return bool(flags[:, 0].any()), bool(flags[0, 1])
 
 
-
 def float_dtype():
     """The dtype of every float array a run makes (parameters, optimizer state, model inputs):
     float32, or float64 where JAX_ENABLE_X64 / `jax.enable_x64` is on (a whole run in float64, for
