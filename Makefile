@@ -38,7 +38,7 @@ TEST_CACHE = $(CURDIR)/.cache/jax-tests
 # fusion emitters (289 s against 384-442 s on 2 cores); jax 0.11 has only the fusion emitters.
 TEST_XLA_FLAGS = --xla_llvm_disable_expensive_passes=true
 TEST_XLA_FLAGS_JAX010 = --xla_cpu_use_fusion_emitters=false
-test: $(STAMP) ## run the test suite (skips tests marked slow or system); about 5 min on 2 cores
+test: $(STAMP) ## run the test suite (skips tests marked slow, system or real); about 5 min on 2 cores
 	rm -rf $(TEST_CACHE)
 	XLA_FLAGS="$(TEST_XLA_FLAGS) $$($(PY) -c 'import jax; print("$(TEST_XLA_FLAGS_JAX010)" if jax.__version_info__ < (0, 11) else "")') $(XLA_FLAGS)" \
 	JAX_COMPILATION_CACHE_DIR=$(TEST_CACHE) $(PY) -m pytest -q -m "not slow and not system and not real" -n $(WORKERS) --dist loadfile --no-loadscope-reorder
