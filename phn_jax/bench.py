@@ -351,8 +351,9 @@ def cases(parts) -> list[list[tuple[str, object, int]]]:
                 (f"{what}, {n} seeds {axis}", bench_config("hn", 3, "first", tuple(range(n)), axis), t)
                 for n in (3, 8) for axis in train.SEED_AXES])
     if "mnist" in parts:
-        out += [[(f"{title} experience 1", mnist_config(name), 0), (f"{title} look-ahead", mnist_config(name), 1)]
-                for title, name in MNIST_CONFIGS.items()]
+        for title, name in MNIST_CONFIGS.items():
+            c = mnist_config(name)
+            out.append([(f"{title} experience 1", c, 0), (f"{title} look-ahead", c, 1)])
     return [group for group in out if group]
 
 

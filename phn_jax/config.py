@@ -124,8 +124,7 @@ def von_oswald_hnet(c: ml_collections.ConfigDict, *, beta: float, lr: float, epo
     """von Oswald et al.'s (ICLR 2020) HNET recipe on `c`, as their reference code runs it on MNIST:
     their target, a multi-head MLP with hidden layers `mlp` (ReLU, biases) on the flattened image
     (MNIST zero-padded to `image_size`, one channel, pixels in [0, 1]); a chunked hypernetwork
-    (`chunked`: its hnet fields) generating all of it, biases included (k = 0), its dense layers
-    Xavier uniform with zero biases and its embeddings N(0, 1) (hypercl's `generate_classifier`); the look-ahead
+    (`chunked`: its hnet fields) generating all of it, biases included (k = 0); the look-ahead
     through Adam's step at first order, only the current task embedding trained, a new embedding
     drawn fresh (not copied), batch 128; their β, lr and iterations (as epochs).
 
