@@ -2,6 +2,7 @@
 resume after an interruption, and the errors that protect a run."""
 import errno
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -205,12 +206,30 @@ def test_resume_refuses_another_config_or_format(hn_run, tmp_path, monkeypatch):
     # a checkpoint of another format (e.g. HN's full targets before version 3) is refused and left where it is
     saved = sorted(p.name for p in (workdir / "checkpoints").iterdir())
     version = checkpoint.FORMAT_VERSION
-    monkeypatch.setattr(checkpoint, "FORMAT_VERSION", version + 1)
+    monkeypatch.setattr(checkpoint, "READABLE", (version + 1,))
     with pytest.raises(checkpoint.CheckpointError,
-                       match=f"format version {version}, this phn_jax writes {version + 1}: start a new --workdir"):
+                       match=f"format version {version}, this phn_jax reads {version + 1}: start a new --workdir"):
         train.train_and_evaluate(tiny_config(), workdir, resume=True)
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == saved
     assert not (workdir / "checkpoints-damaged").exists()
+
+
+def test_a_checkpoint_of_format_4_is_resumed_unverified(hn_run, tmp_path):
+    """Format 4 (before checksums: no `digests` item, no files.sha256; the same state and meta) resumes,
+    saying that it was not verified."""
+    workdir, summary = hn_run
+    run = tmp_path / "run"
+    shutil.copytree(workdir, run)
+    for step in checkpoint.manager(run).all_steps():
+        here = run / checkpoint.CHECKPOINT_DIR / str(step)
+        shutil.rmtree(here / "digests")
+        (here / checkpoint.FILES).unlink()
+        meta = json.loads((here / "meta" / "metadata").read_text())
+        (here / "meta" / "metadata").write_text(json.dumps({**meta, "format_version": 4}))
+    resumed = train.train_and_evaluate(tiny_config(), run, resume=True)
+    assert resumed["accuracy_matrix"] == summary["accuracy_matrix"]
+    assert "checkpoint 120 was written before checksums (format 4): restored without verifying it" in \
+        (run / "log.txt").read_text()
 
 
 def test_missing_dataset_stops_before_compiling(tmp_path):
@@ -235,44 +254,89 @@ def test_nan_loss_is_a_clear_error(tmp_path, monkeypatch):
         train.train_and_evaluate(tiny_config(**{"train.epochs": 1}), tmp_path)
 
 
-def _damage_latest(workdir, how):
-    """Truncates or deletes the largest array data file (TensorStore's OCDBT `d/` files) of the
-    latest checkpoint; returns its step."""
-    step = checkpoint.manager(workdir).latest_step()
+def _array_files(workdir, step) -> list[Path]:
+    """The array data files (TensorStore's OCDBT `d/` files) of checkpoint `step`, largest first."""
     files = [p for p in (workdir / checkpoint.CHECKPOINT_DIR / str(step) / "state").rglob("*")
              if p.is_file() and p.parent.name == "d"]
-    target = max(files, key=lambda p: p.stat().st_size)
-    if how == "truncate":
-        target.write_bytes(target.read_bytes()[: target.stat().st_size // 3])
-    else:
-        target.unlink()
-    return step
+    return sorted(files, key=lambda p: -p.stat().st_size)
+
+
+def _random_bytes(path: Path, rng) -> None:
+    """64 KB of random bytes (the whole file, if smaller) at a random place in `path`, its size kept."""
+    data = bytearray(path.read_bytes())
+    n = min(len(data), 65536)
+    at = int(rng.integers(0, len(data) - n + 1))
+    data[at:at + n] = rng.bytes(n)
+    path.write_bytes(bytes(data))
+
+
+def _resume_damaged(hn_run, run, damage) -> tuple[int, str]:
+    """Copies hn_run's directory to `run`, damages its latest checkpoint with `damage(run, step)`, resumes;
+    asserts that the resume ends exactly as the uninterrupted run (experience 3 trained again from the
+    checkpoint after experience 2) and that the damaged checkpoint was moved aside. (step, the log's warning)."""
+    workdir, summary = hn_run
+    shutil.copytree(workdir, run)
+    bad = checkpoint.manager(run).latest_step()
+    damage(run, bad)
+    resumed = train.train_and_evaluate(tiny_config(), run, resume=True)
+    assert resumed["accuracy_matrix"] == summary["accuracy_matrix"]
+    chex.assert_trees_all_equal(_final_state(run), _final_state(workdir))
+    moved = list((run / checkpoint.DAMAGED_DIR).iterdir())
+    assert len(moved) == 1 and moved[0].name.startswith(f"{bad}-")
+    log = (run / "log.txt").read_text()
+    assert f"resuming from checkpoint {bad - 40}" in log
+    warning, = [line for line in log.splitlines() if "is damaged" in line]
+    assert len(warning) < 500 and "tensorstore" not in warning.lower()  # one sentence, no TensorStore spec
+    return bad, warning
 
 
 # orbax's reads of the damaged arrays are asyncio tasks; when the restore gives up on them, they end
 # in an event loop that has closed, and Python reports each as an unraisable exception (hundreds,
 # as warnings). The run's own handling is what this test checks.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-@pytest.mark.parametrize("how", ["truncate", "delete"])
+@pytest.mark.parametrize("how", ["truncate", "delete", "truncate, no files.sha256"])
 def test_damaged_checkpoint_is_moved_aside_and_the_previous_one_resumed(hn_run, tmp_path, how, capfd):
-    workdir, summary = hn_run
-    run = tmp_path / "run"
-    shutil.copytree(workdir, run)
-    bad = _damage_latest(run, how)
-    resumed = train.train_and_evaluate(tiny_config(), run, resume=True)
-    # experience 3 trained again from the checkpoint after experience 2: the same results
-    assert resumed["accuracy_matrix"] == summary["accuracy_matrix"]
-    chex.assert_trees_all_equal(_final_state(run), _final_state(workdir))
-    moved = list((run / checkpoint.DAMAGED_DIR).iterdir())
-    assert len(moved) == 1 and moved[0].name.startswith(f"{bad}-")
-    log = (run / "log.txt").read_text()
-    assert f"checkpoint {bad} is damaged: its arrays cannot be read" in log
-    assert f"resuming from checkpoint {bad - 40}" in log
-    warning = [line for line in log.splitlines() if "is damaged" in line][0]
-    assert len(warning) < 500 and "tensorstore" not in warning.lower()  # one sentence, no TensorStore spec
-    out, err = capfd.readouterr()  # what orbax's and TensorStore's threads print goes to restore_errors.txt
+    def damage(run, step):
+        target = _array_files(run, step)[0]
+        if how == "delete":
+            target.unlink()
+        else:
+            target.write_bytes(target.read_bytes()[: target.stat().st_size // 3])
+        if how.endswith("no files.sha256"):  # killed between orbax's commit and the list: orbax's read fails
+            (run / checkpoint.CHECKPOINT_DIR / str(step) / checkpoint.FILES).unlink()
+        return target
+
+    bad, warning = _resume_damaged(hn_run, tmp_path / "run", damage)
+    name = _array_files(hn_run[0], bad)[0].relative_to(hn_run[0] / checkpoint.CHECKPOINT_DIR / str(bad)).as_posix()
+    expected = {"truncate": f"its file {name} does not match its checksum", "delete": f"its file {name} is missing",
+                "truncate, no files.sha256": "its arrays cannot be read"}[how]
+    assert f"checkpoint {bad} is damaged: {expected}" in warning
+    out, err = capfd.readouterr()  # what orbax's and TensorStore's threads print goes to checkpoint_errors.txt
     assert "Traceback" not in out + err and "TensorStore" not in out + err
-    assert (moved[0] / "restore_errors.txt").is_file()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_random_bytes_in_any_array_file_are_caught_and_the_previous_checkpoint_resumed(hn_run, tmp_path):
+    """64 KB of random bytes written into each array file of the latest checkpoint, one at a time, size
+    kept (and into the largest once more with the checkpoint's file list gone, as a kill right after
+    orbax's commit leaves it): each is caught, and the resume ends as the uninterrupted run."""
+    workdir, _ = hn_run
+    step = checkpoint.manager(workdir).latest_step()
+    names = [p.relative_to(workdir / checkpoint.CHECKPOINT_DIR / str(step)) for p in _array_files(workdir, step)]
+    assert len(names) >= 3
+    rng = np.random.default_rng(0)
+    for i, name in enumerate(names + [None]):
+        def damage(run, bad):
+            here = run / checkpoint.CHECKPOINT_DIR / str(bad)
+            if name is None:
+                (here / checkpoint.FILES).unlink()
+            _random_bytes(here / (name or names[0]), rng)
+
+        _, warning = _resume_damaged(hn_run, tmp_path / f"run{i}", damage)
+        if name is not None:
+            assert f"its file {name.as_posix()} does not match its checksum" in warning
+        else:  # the values read differ from the digests saved with them, or cannot be decoded at all
+            assert re.search(r"array \S+ does not match its checksum|its arrays cannot be read", warning), warning
 
 
 def test_no_intact_checkpoint_stops_clearly_and_moves_nothing(hn_run, tmp_path):
@@ -285,7 +349,7 @@ def test_no_intact_checkpoint_stops_clearly_and_moves_nothing(hn_run, tmp_path):
     with pytest.raises(checkpoint.CheckpointError, match="no intact checkpoint.*Nothing was moved or deleted"):
         train.train_and_evaluate(tiny_config(), run, resume=True)
     assert not (run / checkpoint.DAMAGED_DIR).exists()
-    added = {"log.txt", "restore_errors.txt"}  # the run's log, and orbax's messages in each checkpoint
+    added = {"log.txt", checkpoint.ERRORS_FILE}  # the run's log, and what orbax printed
     assert sorted(p.relative_to(run) for p in run.rglob("*") if p.name not in added) == \
         [p for p in before if p.name not in added]
 
