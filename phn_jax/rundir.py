@@ -1,9 +1,14 @@
 """The run directory's owner and the run's stop requests.
 
-One writer per run directory: a run holds `workdir/run.lock` for its whole life, a JSON file with
-the holder's pid, host and start time, created with O_EXCL (atomic on local and network file
-systems). A second run, or a `--resume`, on a held directory is refused at once, naming the
-holder. A lock whose process is gone (same host, pid no longer alive) is stale and taken over.
+One writer per run directory: a run holds `workdir/run.lock` for its whole life, a JSON file created
+with O_EXCL (atomic on local and network file systems) that names its holder beyond a pid: host,
+the kernel's boot id, the process's start time as the OS counts it (clock ticks since boot,
+/proc/<pid>/stat), a random token, the command. A second run, or a `--resume`, on a held directory
+is refused at once, naming the holder and how to check it. A lock is stale, and taken over, when
+on this host its process is gone, or its pid now belongs to another process (another start time:
+a restarted container's pid 1, a reused pid), or the kernel has booted since (another boot id);
+and this process never refuses a lock with its own pid unless it holds it itself. A lock of
+another host cannot be checked from here: the message says what to delete when that run is gone.
 In a multi-process job, process 0 holds it.
 
 Stop requests: SIGTERM (cloud preemption, `kill`, SLURM's time limit) and SIGINT (Ctrl-C) do not
@@ -18,6 +23,7 @@ import contextlib
 import datetime
 import json
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -59,12 +65,34 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _boot_id() -> str | None:
+    """The kernel's boot id (Linux), the same in every container of a host until it reboots."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def _start_ticks(pid: int) -> int | None:
+    """When process `pid` started, in clock ticks since boot (field 22 of /proc/<pid>/stat): with the
+    pid and the boot id, what names one process; None where /proc is not there or the pid is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat[stat.rindex(")") + 2:].split()[19])  # (after the command name, which may hold spaces)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+_HELD: set[str] = set()  # the tokens of the locks this process holds
+
+
 def _holder(path: Path) -> dict | None:
     """The lock's content, or None when it vanished or is unreadable (a holder still writing it)."""
     try:
-        return json.loads(path.read_text())
+        held = json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
         return None
+    return held if isinstance(held, dict) else None
 
 
 def _create(path: Path, content: dict) -> bool:
@@ -77,35 +105,61 @@ def _create(path: Path, content: dict) -> bool:
     return True
 
 
+def _held_by_another(held: dict, me: dict) -> bool:
+    """Whether the lock's holder may be a live process other than this one (see the module's docstring)."""
+    if held.get("token") in _HELD:
+        return True  # this process, in another `with lock(...)`: a second run on the directory
+    if held.get("host") != me["host"]:
+        return True  # cannot be checked from here
+    if held.get("boot_id") and me["boot_id"] and held["boot_id"] != me["boot_id"]:
+        return False  # the kernel booted since: every process of then is gone
+    try:
+        pid = int(held.get("pid", -1))
+    except (TypeError, ValueError):
+        return False
+    if pid == me["pid"] or not _alive(pid):
+        return False  # this process (its pid, not its token: a restarted container's pid 1 meets its old lock), or gone
+    started, now = held.get("pid_start"), _start_ticks(pid)
+    return started is None or now is None or started == now  # another start time: the pid was reused
+
+
+def _refusal(path: Path, workdir, held: dict, me: dict) -> str:
+    pid, host = held.get("pid"), held.get("host")
+    check = (f"To check it, run `ps -o pid,lstart,args -p {pid}` on {host}: if that is not this run (or shows "
+             f"nothing), the lock is stale: delete {path} and resume." if host == me["host"] else
+             f"This host cannot check a process on {host}: if that run is gone, delete {path} and resume.")
+    if held.get("token") in _HELD:
+        check = "This very process holds it (a run inside a run?)."
+    return (f"{workdir} is in use by process {pid} on {host}, started {held.get('started')} "
+            f"({held.get('command', '?')}). Wait for it to finish or stop it (kill {pid}: it saves a checkpoint and "
+            f"exits), then resume; or choose another --workdir. {check}")
+
+
 @contextlib.contextmanager
 def lock(workdir: str | os.PathLike) -> Iterator[dict]:
     """Holds `workdir/run.lock` for the duration of the `with` block; yields its content.
 
-    Raises RunLockedError when a live process holds it (or one on another host, whose liveness
-    this host cannot check). `workdir` must exist."""
+    Raises RunLockedError when another live process holds it (or one on another host, whose
+    liveness this host cannot check). `workdir` must exist."""
     path = Path(workdir) / LOCK_FILE
-    me = {"pid": os.getpid(), "host": socket.gethostname(),
-          "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "boot_id": _boot_id(), "pid_start": _start_ticks(os.getpid()),
+          "token": secrets.token_hex(8), "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
           "command": " ".join(sys.argv)}
     for _ in range(3):  # a stale lock taken over, raced at most by another taker
         if _create(path, me):
             break
         held = _holder(path)
-        if held is not None and (held.get("host") != me["host"] or _alive(int(held.get("pid", -1)))):
-            elsewhere = "" if held.get("host") == me["host"] else (
-                f" If that process is gone (this host cannot check another host), delete {path}.")
-            raise RunLockedError(
-                f"{workdir} is in use by process {held.get('pid')} on {held.get('host')}, started "
-                f"{held.get('started')} ({held.get('command', '?')}). Wait for it to finish or stop it "
-                f"(kill {held.get('pid')}: it saves a checkpoint and exits), then resume; or choose another "
-                f"--workdir.{elsewhere}")
+        if held is not None and _held_by_another(held, me):
+            raise RunLockedError(_refusal(path, workdir, held, me))
         with contextlib.suppress(FileNotFoundError):  # stale (its process is gone) or half-written
             path.unlink()
     else:
         raise RunLockedError(f"could not take the lock {path}: other processes keep taking it")
+    _HELD.add(me["token"])
     try:
         yield me
     finally:
+        _HELD.discard(me["token"])
         if _holder(path) == me:
             path.unlink()
 
