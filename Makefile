@@ -113,6 +113,11 @@ ablation-order: $(STAMP) ## Table 5: first- vs second-order look-ahead for k=0..
 	  $(MAKE) --no-print-directory cifar100 STRATEGY=hn FREEZE=$$k ORDER=$$o RESUME=1 || exit 1; done; done
 	$(PY) -m phn_jax.paper $(RUNS)/cifar100
 
+.PHONY: verify
+verify: $(STAMP) ## check every checkpoint of the run in RUN=<dir> against the SHA-256 of its files and arrays written with it, without training; exit 2 if one is damaged
+	@test -n "$(RUN)" || { echo "make verify RUN=<run directory>" >&2; exit 2; }
+	$(PY) -m phn_jax.main --verify --workdir $(RUN)
+
 .PHONY: report transfer paper
 report: $(STAMP) ## the paper's Tables 1, 2, 4, 5, 6 and Figures 4, 7, 8, 11, 12 from every run under RUNS (seeds aggregated), the paper's numbers beside ours: RUNS/report.md and report.html
 	$(PY) -m phn_jax.paper $(RUNS)

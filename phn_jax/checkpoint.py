@@ -51,6 +51,10 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used for this run (corrupt, or from another config)."""
 
 
+class NoIntactCheckpointError(CheckpointError):
+    """Every checkpoint of a run is damaged."""
+
+
 def manager(workdir: str | os.PathLike, max_to_keep: int = 2) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(
         Path(workdir).absolute() / CHECKPOINT_DIR,
@@ -262,7 +266,7 @@ def _steps(directory: Path) -> list[int]:
 
 def _reader(directory: Path) -> ocp.CheckpointManager:
     """A manager that reads `directory` without creating or changing anything there."""
-    return ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False, read_only=True))
+    return ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
 
 
 def read_latest(workdir: str | os.PathLike) -> tuple[int, dict, dict]:
@@ -311,7 +315,7 @@ def verify_run(workdir: str | os.PathLike) -> list[tuple[int, str | None, str]]:
         at = progress[0] if isinstance(progress, list) else progress
         out.append((step, None, f"{len(sizes)} arrays, {sum(sizes) / 1e6:.1f} MB, experience "
                                 f"{at.get('experience', '?')} epoch {at.get('epoch', '?')}; " +
-                    (f"every one of its {checked} matches its {DIGEST}" if checked else
+                    (f"its {checked} match their {DIGEST}" if checked else
                      "written before checksums (format 4): not verifiable")))
     return out
 
@@ -372,7 +376,7 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state, config: dict, ig
         if damaged and move:
             mngr.reload()
         return step, state, meta
-    raise CheckpointError(
+    raise NoIntactCheckpointError(
         f"no intact checkpoint in {mngr.directory}: " + "; ".join(f"checkpoint {s}: {why}" for s, why in damaged) +
         f". Nothing was moved or deleted (what orbax printed is in {Path(mngr.directory).parent / ERRORS_FILE}); "
         "start a new --workdir, or restore the files from a backup.")

@@ -197,9 +197,10 @@ class StopRequests:
             signal.signal(s, handler)
 
 
-def ensure_writable(workdir: str | os.PathLike) -> Path:
-    """Creates `workdir` (and its parents) and checks it is a writable directory; WorkdirError with
-    a sentence that says what to do otherwise."""
+def ensure_writable(workdir: str | os.PathLike, inside: tuple[str, ...] = ()) -> Path:
+    """Creates `workdir` (and its parents) and checks it is a writable directory, and so is each of
+    its subdirectories `inside` that exists (a resume writes checkpoints and moves damaged ones);
+    WorkdirError with a sentence that says what to do otherwise."""
     workdir = Path(workdir)
     if workdir.exists() and not workdir.is_dir():
         raise WorkdirError(f"--workdir {workdir} is a file, not a directory: choose another --workdir")
@@ -211,4 +212,10 @@ def ensure_writable(workdir: str | os.PathLike) -> Path:
     if not os.access(workdir, os.W_OK | os.X_OK):
         raise WorkdirError(f"--workdir {workdir} is not writable: choose a directory you can write to, or "
                            "change its permissions")
+    for name in inside:
+        d = workdir / name
+        if d.exists() and not (d.is_dir() and os.access(d, os.W_OK | os.X_OK)):
+            raise WorkdirError(f"{d} is not a writable directory, and the run writes there (its checkpoints; a "
+                               f"resume moves damaged ones aside): change its permissions (chmod -R u+w {d}) or "
+                               "its mount, then run the same command again")
     return workdir

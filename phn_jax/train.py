@@ -631,9 +631,11 @@ def _check_finite(s: Setup, rows: list[dict], ckpt: Checkpointer) -> None:
         if not math.isfinite(row["loss"]):
             raise NonFiniteLossError(
                 f"the training loss became {row['loss']} in experience {row['experience'] + 1}, epoch "
-                f"{row['epoch'] + 1}{f' (seed {seed})' if s.stacked else ''}. Results and checkpoints up to "
-                f"experience {row['experience']} in {ckpt.workdir} are kept. Lower optim.lr, or check the data "
-                "(NaN inputs) and the config")
+                f"{row['epoch'] + 1}{f' (seed {seed})' if s.stacked else ''}. " + (
+                    f"The results and checkpoints of experience{'s 1..' if row['experience'] > 1 else ' '}"
+                    f"{row['experience']} in {ckpt.workdir} are kept. "
+                    if row["experience"] else "No experience was completed: there are no results yet. ") +
+                "Lower optim.lr, or check the data (NaN inputs) and the config")
 
 
 def train_epochs(s: Setup, state, progress: list[Progress], arrays, spec, k_train, ckpt: Checkpointer):
@@ -764,7 +766,7 @@ def _own(dirs: RunDirs):
         if runtime.is_main_process():
             try:
                 for d in dirs.all():
-                    rundir.ensure_writable(d)
+                    rundir.ensure_writable(d, (checkpoint.CHECKPOINT_DIR, checkpoint.DAMAGED_DIR))
                     stack.enter_context(rundir.lock(d))
             except (rundir.WorkdirError, rundir.RunLockedError) as err:
                 failure = err

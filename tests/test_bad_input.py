@@ -108,6 +108,18 @@ def test_config_that_does_not_import_and_batches_that_do_not_fit_the_devices(tmp
 
 
 @pytest.mark.system
+def test_a_stray_argument_or_no_config(tmp_path):
+    """A word without --name= (a typo such as `--resume 1`) exits 2 in one line like every other bad input,
+    not 1 after absl's usage; so does a run without --config."""
+    before = _hash(tmp_path)
+    _assert_refused(cli.run(tmp_path, "--resume", "1", timeout=120), "error: unexpected argument(s) 1: every option "
+                    "is --name=value or --flag", tmp_path, before)
+    done = subprocess.run([sys.executable, "-m", "phn_jax.main", "--workdir", str(tmp_path)], cwd=cli.ROOT,
+                          capture_output=True, text=True)
+    _assert_refused(done, "--config <file> is required", tmp_path, before)
+
+
+@pytest.mark.system
 def test_workdir_that_is_a_file(tmp_path):
     (tmp_path / "file").write_text("a previous result")
     before = _hash(tmp_path)

@@ -7,11 +7,16 @@ state (bit for bit: same machine, same device count)."""
 import collections
 import csv
 import json
+import os
 import random
 import re
+import shlex
 import shutil
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import chex
 import jax
@@ -71,6 +76,11 @@ def test_sigterm_and_sigint_save_say_how_to_resume_and_resume_identically(tmp_pa
     assert rc == 128 + signal.SIGTERM, out
     assert "stopped by SIGTERM in experience 1, after epoch 1 of 20: a checkpoint is saved" in out
     assert "--resume (make ... RESUME=1)" in out and "Traceback" not in out
+    # two lines, as the README says: one when the signal arrives, one when the run has stopped (the last)
+    lines = [line for line in out.splitlines() if line.strip()]
+    said = [line for line in lines if "SIGTERM" in line]
+    assert len(said) == 2 and said[0].startswith("SIGTERM: the run stops after the current epoch"), out
+    assert said[1] == lines[-1] and lines[-1].startswith("stopped by SIGTERM"), out
     assert checkpoint.manager(tmp_path).latest_step() == 1  # after epoch 1 of experience 1
 
     run = cli.start(tmp_path, *ARGS, "--resume")
@@ -140,21 +150,154 @@ def test_a_second_run_on_a_workdir_in_use_is_refused_and_the_first_unharmed(tmp_
     _assert_identical(tmp_path, uninterrupted)
 
 
-def test_truncated_checkpoint_resumes_from_the_previous_one_with_one_line(tmp_path, uninterrupted_dir,
-                                                                          uninterrupted):
+def _largest_array_file(workdir, step) -> Path:
+    data = [p for p in (workdir / checkpoint.CHECKPOINT_DIR / str(step) / "state").rglob("*") if p.parent.name == "d"]
+    return max(data, key=lambda p: p.stat().st_size)
+
+
+def test_random_bytes_in_a_finished_runs_checkpoint_are_caught_by_verify_and_resume(tmp_path, uninterrupted_dir,
+                                                                                     uninterrupted):
+    """64 KB of random bytes in the latest checkpoint's largest array file, size kept (before checksums:
+    resumed without a word, into another final state): `--verify` names it and exits 2, changing
+    nothing; `--resume` says so in one line, moves it aside and ends as the uninterrupted run."""
     workdir = tmp_path / "run"
     shutil.copytree(uninterrupted_dir, workdir)
     bad = checkpoint.manager(workdir).latest_step()
-    data = [p for p in (workdir / "checkpoints" / str(bad) / "state").rglob("*") if p.parent.name == "d"]
-    target = max(data, key=lambda p: p.stat().st_size)
-    target.write_bytes(target.read_bytes()[:100])
+    target = _largest_array_file(workdir, bad)
+    data = bytearray(target.read_bytes())
+    data[len(data) // 4: len(data) // 4 + 65536] = random.Random(0).randbytes(65536)
+    target.write_bytes(bytes(data[:target.stat().st_size]))
+    before = sorted((p, p.stat().st_mtime_ns) for p in workdir.rglob("*"))
+    verified = subprocess.run([sys.executable, "-m", "phn_jax.main", "--verify", "--workdir", str(workdir)],
+                              cwd=cli.ROOT, capture_output=True, text=True, timeout=300)
+    name = target.relative_to(workdir / checkpoint.CHECKPOINT_DIR / str(bad)).as_posix()
+    assert verified.returncode == 2, verified.stdout + verified.stderr
+    assert f"checkpoint {bad}: DAMAGED: its file {name} does not match its checksum" in verified.stdout
+    assert f"checkpoint {bad - 20}: intact" in verified.stdout
+    assert f"resumes from the newest intact one, checkpoint {bad - 20}" in verified.stderr.splitlines()[-1]
+    assert sorted((p, p.stat().st_mtime_ns) for p in workdir.rglob("*")) == before  # nothing written
     done = _resume(workdir)
     out = done.stdout + done.stderr
-    assert f"checkpoint {bad} is damaged: its arrays cannot be read" in out
+    assert f"checkpoint {bad} is damaged: its file {name} does not match its checksum" in out
     assert "Traceback" not in out and "TensorStore" not in out, out[:3000]
     moved, = (workdir / checkpoint.DAMAGED_DIR).iterdir()
-    assert (moved / "restore_errors.txt").is_file()  # what orbax printed (if anything), kept for inspection
+    assert moved.name.startswith(f"{bad}-")
     _assert_identical(workdir, uninterrupted)
+
+
+def _at_most_20_lines_ending_with(done: subprocess.CompletedProcess, message: str) -> None:
+    out = (done.stdout + done.stderr).splitlines()
+    assert done.returncode == 2, "\n".join(out[-30:])
+    assert len(out) <= 20 and done.stderr.splitlines()[-1].startswith(message), "\n".join(out[-30:])
+
+
+def test_no_intact_checkpoint_ends_with_its_message(tmp_path, uninterrupted_dir):
+    """Every checkpoint truncated where orbax must read it to find out (no files.sha256, as a kill right
+    after orbax's commit leaves one): the terminal ends with the message, whatever orbax's threads and
+    abandoned coroutines print later (tracebacks by the thousand: in checkpoint_errors.txt). Twice:
+    when they print varies from run to run."""
+    for attempt in range(2):
+        workdir = tmp_path / f"run{attempt}"
+        shutil.copytree(uninterrupted_dir, workdir)
+        for step in checkpoint.manager(workdir).all_steps():
+            (workdir / checkpoint.CHECKPOINT_DIR / str(step) / checkpoint.FILES).unlink()
+            target = _largest_array_file(workdir, step)
+            target.write_bytes(target.read_bytes()[:100])
+        done = cli.run(workdir, *ARGS, "--resume", timeout=300)
+        _at_most_20_lines_ending_with(done, "error: no intact checkpoint in")
+        assert not (workdir / checkpoint.DAMAGED_DIR).exists()
+
+
+def _mount_namespace(directory: Path) -> list[str] | None:
+    """`unshare`'s command for a mount namespace in which a tmpfs can be mounted on `directory`; None
+    where this machine allows none."""
+    for cmd in (["unshare", "--mount"], ["unshare", "-r", "--mount"]):
+        try:
+            probe = subprocess.run([*cmd, "sh", "-c", 'mount -t tmpfs -o size=64k tmpfs "$0"', str(directory)],
+                                   capture_output=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if probe.returncode == 0:
+            return cmd
+    return None
+
+
+# The fallback where no tmpfs can be mounted: orbax's save fails as on a full disk, after printing
+# what its threads print then (a traceback a line, 200 of them).
+SIMULATED_FULL_DISK = """
+import errno, os, runpy, sys
+import orbax.checkpoint as ocp
+save = ocp.CheckpointManager.save
+def full(self, step, *args, **kwargs):
+    if step > 20:  # experience 1's checkpoint is written
+        for _ in range(200):
+            os.write(2, b"Traceback (most recent call last): a writer thread of TensorStore\\n")
+        raise ValueError("RESOURCE_EXHAUSTED: Failed to write 29948 bytes to file 13: No space left on device")
+    return save(self, step, *args, **kwargs)
+ocp.CheckpointManager.save = full
+sys.argv = ["phn_jax.main", *sys.argv[1:]]
+runpy.run_module("phn_jax.main", run_name="__main__")
+"""
+
+
+def test_a_full_disk_ends_with_its_message_in_at_most_20_lines_and_resumes(tmp_path, uninterrupted_dir,
+                                                                           uninterrupted):
+    """A real tmpfs as large as the finished run (where this machine lets the test mount one): the
+    disk fills while a later checkpoint is written. The terminal shows the run's log and the message
+    last (orbax's tracebacks: checkpoint_errors.txt); the tmpfs enlarged, --resume finishes the run
+    as the uninterrupted one."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    namespace = _mount_namespace(disk)
+    if namespace is None:
+        done = subprocess.run([sys.executable, "-c", SIMULATED_FULL_DISK, *cli.command(disk / "run", *ARGS)[3:]],
+                              cwd=cli.ROOT, env=cli.environment(), capture_output=True, text=True, timeout=600)
+        _at_most_20_lines_ending_with(done, f"error: the disk holding {disk / 'run'} is full")
+        assert "a writer thread of TensorStore" in (disk / "run" / checkpoint.ERRORS_FILE).read_text()
+        return
+    size_kb = sum(p.stat().st_size for p in uninterrupted_dir.rglob("*") if p.is_file()) // 1024
+    run = disk / "run"
+    first, resumed = (" ".join(map(shlex.quote, cli.command(run, *ARGS, *extra))) for extra in ((), ("--resume",)))
+    script = (f'mount -t tmpfs -o size={size_kb}k tmpfs "{disk}" && {{ {first} > "{tmp_path}/first.out" '
+              f'2> "{tmp_path}/first.err"; echo $? > "{tmp_path}/first.rc"; }} && '
+              f'cp "{run}/{checkpoint.ERRORS_FILE}" "{tmp_path}/errors.txt"; '
+              f'mount -o remount,size={3 * size_kb}k "{disk}" && {resumed} > "{tmp_path}/resumed.out" 2>&1 && '
+              f'cp -r "{run}" "{tmp_path}/copy"')
+    subprocess.run([*namespace, "sh", "-c", script], cwd=cli.ROOT, env=cli.environment(), timeout=900)
+    first_run = subprocess.CompletedProcess([], int((tmp_path / "first.rc").read_text()),
+                                            (tmp_path / "first.out").read_text(), (tmp_path / "first.err").read_text())
+    _at_most_20_lines_ending_with(first_run, f"error: the disk holding {run} is full")
+    assert "No space left on device" in (tmp_path / "errors.txt").read_text()  # orbax's own words, kept
+    assert (tmp_path / "copy").is_dir(), (tmp_path / "resumed.out").read_text()[-3000:]
+    _assert_identical(tmp_path / "copy", uninterrupted)
+
+
+def test_a_read_only_checkpoints_directory_is_one_paragraph(tmp_path, uninterrupted_dir):
+    """checkpoints/ read-only inside a writable run directory (a read-only mount where the test can make
+    one, else its permissions): --resume says which directory and what to do, exit 2, changing nothing."""
+    workdir = tmp_path / "run"
+    shutil.copytree(uninterrupted_dir, workdir)
+    ckpts = workdir / checkpoint.CHECKPOINT_DIR
+    before = sorted((p, p.stat().st_mtime_ns) for p in workdir.rglob("*"))
+    (tmp_path / "probe").mkdir()
+    namespace = _mount_namespace(tmp_path / "probe")
+    if namespace is not None:
+        resume = " ".join(map(shlex.quote, cli.command(workdir, *ARGS, "--resume")))
+        script = (f'mount --bind "{ckpts}" "{ckpts}" && mount -o remount,bind,ro "{ckpts}" && {resume} > '
+                  f'"{tmp_path}/out" 2> "{tmp_path}/err"; echo $? > "{tmp_path}/rc"')
+        subprocess.run([*namespace, "sh", "-c", script], cwd=cli.ROOT, env=cli.environment(), timeout=300)
+        done = subprocess.CompletedProcess([], int((tmp_path / "rc").read_text()), (tmp_path / "out").read_text(),
+                                           (tmp_path / "err").read_text())
+    elif os.geteuid() != 0:
+        ckpts.chmod(0o555)
+        done = cli.run(workdir, *ARGS, "--resume", timeout=300)
+        ckpts.chmod(0o755)
+    else:
+        pytest.skip("root without mount namespaces: no directory is read-only to this test")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"{ckpts} is not a writable directory" in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert sorted((p, p.stat().st_mtime_ns) for p in workdir.rglob("*")) == before
 
 
 def kill_and_resume(workdir, kills: int, seed: int = 0) -> list[float]:

@@ -1,9 +1,11 @@
 """The engine end to end on a tiny synthetic stream: forgetting with and without the regulariser,
 resume after an interruption, and the errors that protect a run."""
 import errno
+import hashlib
 import json
 import re
 import shutil
+import types
 from pathlib import Path
 
 import chex
@@ -78,6 +80,7 @@ def test_run_directory(hn_run):
     assert json.loads((workdir / "stream.json").read_text())["class_order"] == [0, 1, 2, 3, 4, 5]
     history = (workdir / "train_history.csv").read_text().splitlines()
     assert len(history) == 1 + 3 * 40  # header + experiences x epochs
+    assert not (workdir / checkpoint.ERRORS_FILE).exists()  # nothing failed: nothing printed there
     # max_to_keep=2; steps count epochs: after experiences 2 and 3 of 40 epochs (no timed ones: 5 minutes)
     assert checkpoint.manager(workdir).all_steps() == [80, 120]
     assert not (workdir / "run.lock").exists()  # released at the end
@@ -250,8 +253,15 @@ def test_nan_loss_is_a_clear_error(tmp_path, monkeypatch):
         return {**state, "psi": jax.tree_util.tree_map(lambda a: jnp.full_like(a, jnp.inf), state["psi"])}
 
     monkeypatch.setattr(train, "init_state", overflowed)
-    with pytest.raises(train.NonFiniteLossError, match="experience 1, epoch 1"):
+    with pytest.raises(train.NonFiniteLossError, match="experience 1, epoch 1. No experience was completed: there "
+                                                       "are no results yet. Lower optim.lr"):
         train.train_and_evaluate(tiny_config(**{"train.epochs": 1}), tmp_path)
+    # later: the completed experiences named (1-based, as every message counts them)
+    run, ckpt = types.SimpleNamespace(seeds=(0,), stacked=False), types.SimpleNamespace(workdir=tmp_path)
+    for t, kept in ((1, "of experience 1 in"), (3, "of experiences 1..3 in")):
+        with pytest.raises(train.NonFiniteLossError, match=f"experience {t + 1}, epoch 5. The results and "
+                                                           f"checkpoints {kept}"):
+            train._check_finite(run, [{"loss": float("nan"), "experience": t, "epoch": 4}], ckpt)
 
 
 def _array_files(workdir, step) -> list[Path]:
@@ -337,6 +347,46 @@ def test_random_bytes_in_any_array_file_are_caught_and_the_previous_checkpoint_r
             assert f"its file {name.as_posix()} does not match its checksum" in warning
         else:  # the values read differ from the digests saved with them, or cannot be decoded at all
             assert re.search(r"array \S+ does not match its checksum|its arrays cannot be read", warning), warning
+
+
+def test_verify_checks_every_checkpoint_and_changes_nothing(hn_run, tmp_path):
+    """`--verify` (checkpoint.verify_run): each checkpoint intact, against digests computed
+    independently here from the arrays and files as saved; a changed byte in an older checkpoint
+    named, exit 2; a run that uses the damaged one's files (frozen_init) is refused."""
+    workdir, _ = hn_run
+    run = tmp_path / "run"
+    shutil.copytree(workdir, run)
+    steps = checkpoint.manager(run).all_steps()
+    assert [r[:2] for r in checkpoint.verify_run(run)] == [(step, None) for step in steps]
+    for step in steps:  # the recorded digests are those of the arrays and files as saved
+        here = run / checkpoint.CHECKPOINT_DIR / str(step)
+        recorded = json.loads((here / "digests" / "metadata").read_text())
+        state = ocp.CheckpointManager(run / checkpoint.CHECKPOINT_DIR).restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+        flat = jax.tree_util.tree_flatten_with_path(state)[0]
+        assert len(flat) == len(recorded["arrays"]) > 10
+        for path, x in flat:
+            x = np.asarray(x)
+            assert recorded["arrays"][checkpoint.leaf_name(path)]["sha256"] == hashlib.sha256(x.tobytes()).hexdigest()
+        listed = dict(line.split("  ")[::-1] for line in (here / checkpoint.FILES).read_text().splitlines())
+        files = {p.relative_to(here).as_posix() for p in here.rglob("*") if p.is_file()} - {checkpoint.FILES}
+        assert set(listed) == files
+        assert all(hashlib.sha256((here / f).read_bytes()).hexdigest() == d for f, d in listed.items())
+    older = _array_files(run, steps[0])[0]
+    data = bytearray(older.read_bytes())
+    data[len(data) // 2] ^= 0x10  # one bit
+    older.write_bytes(bytes(data))
+    before = sorted((p, p.stat().st_mtime_ns) for p in run.rglob("*"))
+    (first, damage, _), (second, intact, _) = checkpoint.verify_run(run)  # (`--verify`'s exit 2: test_system)
+    assert (first, second, intact) == (steps[0], steps[1], None)
+    assert damage == f"its file {older.relative_to(run / checkpoint.CHECKPOINT_DIR / str(first)).as_posix()} does not match its checksum (its " \
+                     "bytes changed on disk)"
+    assert sorted((p, p.stat().st_mtime_ns) for p in run.rglob("*")) == before
+    newest = _array_files(run, steps[1])[0]
+    newest.write_bytes(newest.read_bytes()[:-1] + b"\0")
+    with pytest.raises(checkpoint.CheckpointError, match=f"checkpoint .*{steps[1]} is damaged: its file .* does not "
+                                                         "match its checksum.*make verify"):
+        train.load_frozen_part(run, 2)
 
 
 def test_no_intact_checkpoint_stops_clearly_and_moves_nothing(hn_run, tmp_path):
