@@ -38,6 +38,11 @@ Parts:
          step of the same slim ResNet-18 (`experiments/bench_torch.py --serve`, run by --torch-python
          in its own environment, its steps alternating with ours; on the GPU when that torch sees
          one): each of ours over PyTorch's time
+  checkpoint  a checkpoint of HN-0's state at the paper's sizes (Split-CIFAR100, 20 tasks: ψ, Adam's
+         moments, the targets): `checkpoint.save` (orbax's save, then the SHA-256 of every array and
+         every file) and the checksums alone; `restore_latest` (orbax's restore, then their
+         verification) and the verification alone; timed together. The ratios are what the
+         checksums add to a save and a restore
   run    a real run (`train.train_and_evaluate`, evaluation with task inference as `make cifar100`
          does it) of HN-3 on Split-CIFAR100's sizes (20 × 5 classes, 500 training and 100 test
          images per class) for --run-epochs epochs per experience, and from it the projected wall
@@ -64,6 +69,7 @@ from typing import Callable
 import jax
 import numpy as np
 
+from phn_jax import checkpoint
 from phn_jax import config as config_lib
 from phn_jax import data, metrics, models, report, runtime, train
 
@@ -71,7 +77,7 @@ BATCH = 64
 IMAGE_SIZE = 32       # Split-CIFAR100's
 TASKS = 20
 PAPER_EPOCHS = 100     # the paper's epochs per experience (`make cifar100`)
-PARTS = ("steps", "seeds", "eval", "mnist", "torch", "run")
+PARTS = ("steps", "seeds", "eval", "mnist", "torch", "checkpoint", "run")
 DEFAULT_PARTS = ("steps", "seeds", "eval", "mnist")
 MNIST_CONFIGS = {"SplitMNIST": "split_mnist", "PermutedMNIST-10": "permuted_mnist"}  # experiments/configs/<name>.py
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
@@ -238,6 +244,44 @@ def eval_program(name: str, config) -> Program:
 
     images = sum(int(n) for _, _, n in tests)
     return Program(name, 1, images, step, compiled, cold, warm, flops_per_call=len(tests))
+
+
+CHECKPOINT = "checkpoint of HN-0"
+
+
+def checkpoint_programs(directory: Path, config=None) -> list[Program]:
+    """A save with its checksums, the checksums alone, a verified restore and the verification alone,
+    of the initial state of `config` (None: HN-0's at the paper's sizes, `bench_config("hn", 0)`), in
+    `directory`."""
+    s = train.setup(config or bench_config("hn", 0))
+    k_init, _ = train.split_key(s.key())
+    state = runtime.replicate(train.init_state(k_init, strategy=s.strategy, seed_axis=s.seed_axis), s.mesh)
+    mngr = checkpoint.manager(directory)
+    meta, step = {"config": {}, "progress": {}}, [0]
+    mb = sum(np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(state)) / 1e6
+    name = f"{CHECKPOINT} ({mb:.0f} MB, {len(jax.tree_util.tree_leaves(state))} arrays)"
+
+    def timed(fn) -> Callable[[], float]:
+        def step_() -> float:
+            tic = time.perf_counter()
+            fn()
+            return time.perf_counter() - tic
+        return step_
+
+    def save():
+        step[0] += 1
+        checkpoint.save(mngr, step[0], state, meta)
+
+    save()  # (a checkpoint to restore from the start)
+    where = lambda: directory / checkpoint.CHECKPOINT_DIR / str(mngr.latest_step())
+    recorded = lambda: json.loads((where() / "digests" / "metadata").read_text())["arrays"]
+    checksums = lambda: (checkpoint.digests(state, meta), checkpoint._write_file_digests(where()))
+    restore = lambda: checkpoint.restore_latest(mngr, state, {})
+    verify = lambda: (checkpoint._check_files(where()), checkpoint._check_arrays(state, recorded()))
+    return [Program(f"{name}: save, checksums included", 1, 1, timed(save)),
+            Program(f"{name}: checksums alone", 1, 1, timed(checksums)),
+            Program(f"{name}: restore, verification included", 1, 1, timed(restore)),
+            Program(f"{name}: verification alone", 1, 1, timed(verify))]
 
 
 def torch_program(python: str) -> Program:
@@ -421,6 +465,12 @@ def ratios(timings: list[Timing]) -> dict[str, float]:
                 out[f"HN-{k} second / first order (FLOPs)"] = (second.gflop_per_s * second.ms_median
                                                               / (first.gflop_per_s * first.ms_median))
             out[f"HN-{k} second / first order (floor: convolutions)"] = second_order_floor(k)
+    ckpt = {t.name.split(": ", 1)[1]: t for t in timings if t.name.startswith(CHECKPOINT)}
+    if len(ckpt) == 4:
+        out[f"{CHECKPOINT}: checksums / save (time)"] = (ckpt["checksums alone"].ms_median
+                                                         / ckpt["save, checksums included"].ms_median)
+        out[f"{CHECKPOINT}: verification / restore (time)"] = (ckpt["verification alone"].ms_median
+                                                               / ckpt["restore, verification included"].ms_median)
     for title in MNIST_CONFIGS:
         first, lookahead = by.get(f"{title} experience 1"), by.get(f"{title} look-ahead")
         if first and lookahead:
@@ -513,6 +563,12 @@ def main(argv=None) -> dict:
     if "eval" in parts:
         timings += time_interleaved([eval_program(f"evaluation of {TASKS} tasks (HN-3)", bench_config("hn", 3))],
                                     args.steps, warmup=1)
+        write(out, timings, machine)
+    if "checkpoint" in parts:
+        with tempfile.TemporaryDirectory() as tmp:
+            timings += time_interleaved(checkpoint_programs(Path(tmp)), args.steps, warmup=1)
+        for timing in timings[-4:]:
+            print(f"{timing.name}: {timing.ms_median:.1f} ms", flush=True)
         write(out, timings, machine)
     if "run" in parts:
         run = time_run(args.run_epochs)

@@ -188,7 +188,7 @@ def _write_file_digests(step_dir: Path) -> None:
     orbax's commit (a temporary file, then a rename): a kill in between leaves a checkpoint whose
     arrays are still verified by its `digests` item."""
     lines = [f"{_file_digest(f)}  {f.relative_to(step_dir).as_posix()}\n"
-             for f in sorted(step_dir.rglob("*")) if f.is_file()]
+             for f in sorted(step_dir.rglob("*")) if f.is_file() and f.name not in (FILES, FILES + ".tmp")]
     tmp = step_dir / (FILES + ".tmp")
     tmp.write_text("".join(lines))
     os.replace(tmp, step_dir / FILES)

@@ -1,9 +1,14 @@
 """The bench's bookkeeping (`phn_jax.bench`), on constructed timings: its ratios and table are
 computed from the same run's figures. (The bench itself is `make bench`, never a timed test.)"""
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from phn_jax import bench
+from phn_jax import bench, checkpoint
+from phn_jax.config import load_config
+
+ROOT = Path(__file__).parent.parent
 
 
 def _t(name, ms, seeds=1, gflop_per_s=None):
@@ -168,3 +173,19 @@ def test_mnist_configs_on_their_shapes_and_the_look_ahead_ratio():
             "synthetic", 1, "mlp", "chunked", 128)
     r = bench.ratios([_t("SplitMNIST experience 1", 2.0), _t("SplitMNIST look-ahead", 5.0)])
     assert r == {"SplitMNIST: look-ahead / experience-1 step (time)": pytest.approx(2.5)}
+
+
+def test_checkpoint_programs_and_their_ratios(tmp_path):
+    """The checkpoint part on the smoke config's state: each program runs, what it saves verifies; the
+    ratios are checksums over save and verification over restore, of the same run."""
+    config = load_config(ROOT / "experiments" / "configs" / "smoke.py")
+    programs = bench.checkpoint_programs(tmp_path, config)
+    timings = bench.time_interleaved(programs, steps=2, warmup=0)
+    assert [r[1] for r in checkpoint.verify_run(tmp_path)] == [None, None]  # max_to_keep 2 of the 3 saves
+    names = [t.name.split(": ", 1)[1] for t in timings]
+    assert names == ["save, checksums included", "checksums alone", "restore, verification included",
+                     "verification alone"]
+    fake = [_t(t.name, ms) for t, ms in zip(timings, (400.0, 20.0, 300.0, 30.0))]
+    r = bench.ratios(fake)
+    assert r == {f"{bench.CHECKPOINT}: checksums / save (time)": pytest.approx(0.05),
+                 f"{bench.CHECKPOINT}: verification / restore (time)": pytest.approx(0.1)}
