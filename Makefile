@@ -139,7 +139,7 @@ paper: $(STAMP) ## every run of the paper's tables and figures (queue order, res
 	$(if $(LIST),,$(PY) -m phn_jax.paper $(PAPER_RUNS))
 
 .PHONY: bench
-bench: $(STAMP) ## time every step (HN-k x order, experience 1, baselines), seeds (1/3/8, vmap and map) and evaluation on CIFAR shapes: runs/bench/bench.{json,md}; PARTS=steps,seeds,eval STEPS=20; PARTS=run RUN_EPOCHS=2: make cifar100 FREEZE=3's projected wall time; PARTS=checkpoint: what the checksums add to a save and a restore of HN-0.s checkpoint
+bench: $(STAMP) ## time every step (HN-k x order, experience 1, baselines), seeds (1/3/8, vmap and map) and evaluation on CIFAR shapes: runs/bench/bench.{json,md}; PARTS=steps,seeds,eval STEPS=20; PARTS=run RUN_EPOCHS=2: make cifar100 FREEZE=3's projected wall time; PARTS=checkpoint: what the checksums add to a save and a restore of HN-0's checkpoint
 	$(PY) -m phn_jax.bench --out $(RUNS)/bench $(if $(PARTS),--parts $(PARTS)) $(if $(STEPS),--steps $(STEPS)) $(if $(RUN_EPOCHS),--run-epochs $(RUN_EPOCHS))
 
 # PyTorch for `make bench-torch` only, in its own environment (never a dependency of phn_jax): its CPU build
