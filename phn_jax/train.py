@@ -433,8 +433,10 @@ class Progress:
     R: accuracy matrix [T, T] (NaN where not evaluated); inferred: the class-incremental and
     task-inference matrices ({} when not evaluated without task ids); times: seconds of each
     completed experience; history: one row per epoch (HISTORY_COLUMNS); experience: the one being
-    trained (T when the run is done); epoch: its epochs completed; elapsed_s: time spent in it.
-    The seeds of a multi-seed run have one Progress each, at the same experience and epoch.
+    trained (T when the run is done); epoch: its epochs completed; elapsed_s: the program's time
+    spent in it. The seeds of a multi-seed run have one Progress each, at the same experience and
+    epoch; the times of each (`times`, the history's `time_s`) are its share of the program's, the
+    program's seconds over its S seeds, so that they add up to the program's.
     """
 
     R: np.ndarray
@@ -654,7 +656,7 @@ def train_epochs(s: Setup, state, progress: list[Progress], arrays, spec, k_trai
                 spec=spec, batch_size=s.config.train.batch_size, first=s.first(t), mesh=s.mesh, seed_axis=s.seed_axis)
             step_metrics = jax.device_get(step_metrics)  # waits for the epoch: its time is real
         seconds = time.perf_counter() - tic
-        rows = [_epoch_row(t, epoch, m, seconds) for m in s.unstack(step_metrics)]
+        rows = [_epoch_row(t, epoch, m, seconds / len(progress)) for m in s.unstack(step_metrics)]  # (each seed's share)
         _check_finite(s, rows, ckpt)
         for p, row in zip(progress, rows):
             p.history.append(row)
@@ -743,7 +745,7 @@ def run_stream(s: Setup, state, progress: list[Progress], ckpt: Checkpointer, lo
         evaluate_seen(s, state, progress, tests, k_eval)
         seconds = time.perf_counter() - tic
         for p in progress:
-            p.times.append(seconds)
+            p.times.append(seconds / len(progress))  # each seed's share of the program's time
             p.experience, p.epoch, p.elapsed_s = t + 1, 0, 0.0
         memory = _memory(s, state)
         _log_experience(s, log, progress, [p.summary(memory) for p in progress])

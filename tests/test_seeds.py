@@ -11,6 +11,8 @@ Marked `system` (whole runs and their compilations, about 3 minutes): `make test
 `.ci/run` calls.
 """
 import json
+import time
+import types
 
 import jax
 import numpy as np
@@ -137,6 +139,26 @@ def test_results_directories_and_aggregate(seeds_run):
     md = (group / report.AGGREGATE_MD).read_text()
     assert f"| aca (%) | {100 * agg['aca']['mean']:.2f} ± {100 * agg['aca']['std']:.2f} | 2 |" in md
     assert "seeds (0, 3) in one program" in (group / "log.txt").read_text()
+
+
+def test_each_seeds_time_is_its_share_of_the_programs(tmp_path, monkeypatch):
+    """A clock on which each call of the epoch program (every seed's epoch at once) takes 10 s and
+    nothing else takes time: each of the 2 seeds' epochs is 5 s in its history and each experience of
+    3 epochs 15 s in its metrics, adding up to the program's 30 s; not the program's time for each."""
+    clock = [0.0]
+    epoch = train.train_epoch
+
+    def ten_seconds(*args, **kwargs):
+        clock[0] += 10.0
+        return epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train, "train_epoch", ten_seconds)
+    monkeypatch.setattr(train, "time", types.SimpleNamespace(perf_counter=lambda: clock[0], monotonic=time.monotonic))
+    summaries = train.train_and_evaluate(_seeds_config(), tmp_path / "hn_seed{seed}")
+    for seed, summary in zip(SEEDS, summaries):
+        assert summary["per_experience"]["time_s"] == [15.0, 15.0, 15.0] and summary["total_time_s"] == 45.0
+        history = (tmp_path / f"hn_seed{seed}" / "train_history.csv").read_text().splitlines()
+        assert [row.split(",")[-1] for row in history[1:]] == ["5.0"] * 9
 
 
 def test_resume_equals_uninterrupted_and_directories_are_protected(seeds_run, tmp_path, monkeypatch):
