@@ -11,6 +11,12 @@ A configuration is named as the paper names its rows: stream; method Naive, EWC,
 HN-k (HN-F for k = 0); setting, the look-ahead order of HN and the replay coefficient c of LR. The
 paper's tables use the defaults (first order, c = 1) except where a table compares settings.
 
+A row takes one configuration (`_find`): a finished one (every seed completed its stream), and on
+the paper's streams one at the paper's settings (β, epochs, buffer size, ...: PAPER_SETTINGS, one
+table); where several qualify, the one with the most seeds, the row's name saying the settings that
+tell it apart. Every other configuration found for the row is named under the table, with why. A
+multi-seed program's seeds each count their share of its time (`train.Progress`).
+
 `paper_results.csv` holds the published numbers (Hemati et al., CoLLAs 2023, Tables 1, 2, 4, 5, 6),
 typed from the paper's text, one row per cell: table, the paper's row label, stream, method,
 setting, metric, mean, std, unit, note (the printed value where it is a typo). Rows of table `vo1`
@@ -63,6 +69,38 @@ VON_OSWALD_STREAMS = ("permuted_mnist", "split_mnist")  # von Oswald et al.'s Ta
 PAPER_STREAMS = ("split_cifar100", "split_tinyimagenet")
 NOT_CLASS_SPLIT = ("transfer",) + tuple(s for pair in CLEAN_NOISY for s in pair)
 DEPTHS = range(5)
+HEMATI_STREAMS = PAPER_STREAMS + CLEAN_NOISY[0]  # the streams of Hemati et al.'s Tables 1, 2, 4, 5, 6
+# The paper's settings beyond a row's name (method, look-ahead order, replay coefficient), one line per
+# (field, the methods it applies to (the name before "-"; "" for every method), the streams, the value). On
+# a stream listed here a configuration fills a row only where each field that applies to its method has
+# this value; the configurations of the row at other settings are named under the table. Hemati et al.:
+# §4 and the appendix; von Oswald et al.: their code, as experiments/configs/{split,permuted}_mnist.py set it.
+PAPER_SETTINGS = (
+    ("train.epochs", "", HEMATI_STREAMS, 100),
+    ("train.batch_size", "", HEMATI_STREAMS, 64),
+    ("optim.lr", "", HEMATI_STREAMS, 1e-3),
+    ("strategy.beta", "HN", HEMATI_STREAMS, 0.5),
+    ("strategy.buffer_size", "LR", ("split_cifar100",) + CLEAN_NOISY[0], 200),
+    ("strategy.buffer_size", "LR", ("split_tinyimagenet",), 400),
+    ("strategy.replay_batch_size", "LR", HEMATI_STREAMS, 64),
+    ("strategy.ewc_lambda", "EWC", HEMATI_STREAMS, 1.0),
+    ("train.epochs", "HNET", ("split_mnist",), 21),
+    ("train.epochs", "HNET", ("permuted_mnist",), 11),
+    ("train.batch_size", "HNET", VON_OSWALD_STREAMS, 128),
+    ("optim.lr", "HNET", ("split_mnist",), 1e-3),
+    ("optim.lr", "HNET", ("permuted_mnist",), 1e-4),
+    ("strategy.beta", "HNET", ("split_mnist",), 0.01),
+    ("strategy.beta", "HNET", ("permuted_mnist",), 0.1),
+)
+
+
+def paper_settings(stream: str, method: str) -> dict | None:
+    """{field: the paper's value} of the fields of PAPER_SETTINGS that apply to `method` on `stream`;
+    None where the paper has no runs of the stream (our own streams: every setting counts)."""
+    if not any(stream in streams for _, _, streams, _ in PAPER_SETTINGS):
+        return None
+    return {field: value for field, kind, streams, value in PAPER_SETTINGS
+            if stream in streams and kind in ("", method.split("-")[0])}
 
 
 def title(stream: str) -> str:
@@ -130,7 +168,8 @@ def group_runs(runs) -> list[dict]:
     """Runs of one configuration together: dicts with stream, method, setting, label, seeds, dirs,
     the flat config and `aggregate` (mean ± std over its seeds). A seed run twice (alone and in a
     multi-seed run, say) counts once, its newest run; `repeated` lists the others. Configurations
-    that share a name are told apart in their label by the fields where they differ."""
+    that share a name are told apart in their label by the fields where they differ (`extra`).
+    `finished`: every seed's run completed its stream; `newest`: when its newest metrics were written."""
     groups: dict[str, dict] = {}
     for d, config, summary in sorted(runs, key=lambda r: (r[0] / report.METRICS_JSON).stat().st_mtime_ns):
         flat = {k: v for k, v in report.results_fields(config).items() if k not in SEED_FIELDS}
@@ -145,6 +184,8 @@ def group_runs(runs) -> list[dict]:
         g["dirs"] = [d for _, (d, _) in g["seeds"]]
         g["summaries"] = [summary for _, (_, summary) in g["seeds"]]
         g["seeds"] = [seed for seed, _ in g["seeds"]]
+        g["finished"] = all(s["completed_experiences"] == len(s["accuracy_matrix"]) for s in g["summaries"])
+        g["newest"] = max((d / report.METRICS_JSON).stat().st_mtime_ns for d in g["dirs"])
     out = list(groups.values())
     by_name = defaultdict(list)
     for g in out:
@@ -153,8 +194,8 @@ def group_runs(runs) -> list[dict]:
     for same in by_name.values():
         differ = sorted({k for g in same for k in g["flat"] if len({json.dumps(h["flat"].get(k)) for h in same}) > 1})
         for g in same:
-            extra = ", ".join(f"{k}={g['flat'].get(k)}" for k in differ)
-            g["label"] = " ".join(x for x in (g["method"], g["setting"], f"({extra})" if extra else "") if x)
+            g["extra"] = ", ".join(f"{k}={g['flat'].get(k)}" for k in differ)
+            g["label"] = " ".join(x for x in (g["method"], g["setting"], f"({g['extra']})" if g["extra"] else "") if x)
     return sorted(out, key=lambda g: (g["stream"], g["method"], g["setting"], g["label"]))
 
 
@@ -192,19 +233,49 @@ def cells(ours: dict | None, paper: dict | None, digits: int = 1) -> tuple[str, 
     return o, p, diff
 
 
-def _find(groups, stream: str, method: str, setting: str | None):
-    """The configuration of a paper row: the stream, the method and the setting (None: the default)."""
+def _off_settings(g: dict, wanted: dict) -> list[str]:
+    return [f"{k}={g['flat'].get(k)!r} (the paper's {v!r})" for k, v in wanted.items() if g["flat"].get(k) != v]
+
+
+def _find(groups, stream: str, method: str, setting: str | None, notes: list[str] | None = None):
+    """(the configuration of a row, the row's name) or (None, None): a finished configuration of the
+    stream, the method and the setting (None: the default); on a stream of the paper's, one at the
+    paper's settings (`paper_settings`). Where several qualify, the one with the most seeds (then the
+    newest), the row's name saying the settings that tell it from the others. What else was found for
+    the row (another qualifying configuration, one at other settings, an unfinished one) is named in
+    `notes`."""
     default = {"HN": "order=first", "HNET": "order=first", "LR": "c=1"}
     want = setting if setting is not None else default.get(method.split("-")[0], "")
     found = [g for g in groups if (g["stream"], g["method"], g["setting"]) == (stream, method, want)]
-    return found[0] if found else None
+    wanted = paper_settings(stream, method) or {}
+    fits = [g for g in found if g["finished"] and not _off_settings(g, wanted)]
+    best = max(fits, key=lambda g: (len(g["seeds"]), g["newest"]), default=None)
+    if best is None:
+        name = None
+    else:
+        differ = sorted(k for k in best["flat"] if len({json.dumps(g["flat"].get(k)) for g in fits}) > 1)
+        name = method + (f" ({', '.join(f'{k}={best['flat'][k]}' for k in differ)})" if differ else "")
+    if notes is not None:
+        row = f"{method}{'' if setting is None else ', ' + want}, {title(stream)}"
+        for g in found:
+            if g is best:
+                continue
+            off = _off_settings(g, wanted)
+            why = ("unfinished: " + ", ".join(f"{s['completed_experiences']} of {len(s['accuracy_matrix'])} "
+                                                "experiences" for s in g["summaries"]) if not g["finished"] else
+                   "not at the paper's settings: " + "; ".join(off) if off else
+                   f"also qualifies; the row shows {name} (the most seeds, then the newest)")
+            notes.append(f"{row}: not in the table: {g['label']} (seeds {', '.join(map(str, g['seeds']))}), {why}")
+    return best, name
 
 
-def _table(heading: str, header: list[str], rows: list[list[str]]) -> list[str]:
-    if not rows:
+def _table(heading: str, header: list[str], rows: list[list[str]], notes: list[str] = ()) -> list[str]:
+    """A Markdown table under `heading`, and `notes` (what `_find` left out) as a list below it."""
+    if not rows and not notes:
         return []
-    return ([f"## {heading}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-            + ["| " + " | ".join(r) + " |" for r in rows] + [""])
+    table = (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+             if rows else ["(no configuration qualifies)"])
+    return [f"## {heading}", ""] + table + [""] + ([f"- {n}" for n in notes] + [""] if notes else [])
 
 
 def _has_paper(paper, table: int, streams) -> bool:
@@ -231,20 +302,20 @@ def table1(groups, paper) -> list[str]:
     out = []
     for pair in CLEAN_NOISY:
         with_paper = _has_paper(paper, 1, pair)
-        rows = []
+        rows, notes = [], []
         for stream in pair:
             for method in ("LR-2", "HN-2", "LR-3", "HN-3", "LR-4", "HN-4"):
-                g = _find(groups, stream, method, None)
+                g, name = _find(groups, stream, method, None, notes)
                 if g is None:
                     continue
-                row = [title(stream), method]
+                row = [title(stream), name]
                 for e in range(1, 5):
                     row += _metric_cells(_ours(g["aggregate"], f"learning_accuracy_e{e}"),
                                          paper_value(paper, 1, stream, method, f"learning_accuracy_e{e}"), with_paper)
                 rows.append(row)
         header = ["stream", "method"] + _metric_header([f"e{e}" for e in range(1, 5)], with_paper)
         out += _table(f"Table 1: learning accuracy of each experience (%), clean vs noisy {title(pair[0]).split(',')[0]}",
-                      header, rows)
+                      header, rows, notes)
     return out
 
 
@@ -252,80 +323,81 @@ def table2(groups, paper) -> list[str]:
     out = []
     for stream in _class_split_streams(groups):
         with_paper = _has_paper(paper, 2, (stream,))
-        rows = []
+        rows, notes = [], []
         for method in TABLE2_METHODS + ("Joint",):
-            g = _find(groups, stream, method, None)
+            g, name = _find(groups, stream, method, None, notes)
             if g is None:
                 continue
-            row = [method]
+            row = [name]
             for metric in ("aca", "forgetting", "time"):
                 row += _metric_cells(_ours(g["aggregate"], metric), paper_value(paper, 2, stream, method, metric),
                                      with_paper)
             rows.append(row)
         header = ["method"] + _metric_header(("ACA (%)", "forgetting (%)", "time (min)"), with_paper)
-        out += _table(f"Table 2: {title(stream)}", header, rows)
+        out += _table(f"Table 2: {title(stream)}", header, rows, notes)
     return out
 
 
 def table45(groups, paper, table: int) -> list[str]:
     orders = ("none", "first") if table == 4 else ("first", "second")
-    name = "Table 4: look-ahead vs none" if table == 4 else "Table 5: first vs second order"
+    heading = "Table 4: look-ahead vs none" if table == 4 else "Table 5: first vs second order"
     out = []
     for stream in _class_split_streams(groups):
         with_paper = _has_paper(paper, table, (stream,))
         compared = "none" if table == 4 else "second"  # (the default, first order, is in Table 2's runs)
         if not any(g["stream"] == stream and g["setting"] == f"order={compared}" for g in groups):
             continue
-        rows = []
+        rows, notes = [], []
         for k in DEPTHS:
             method = "HN-F" if k == 0 else f"HN-{k}"
             for order in orders:
-                g = _find(groups, stream, method, f"order={order}")
+                g, name = _find(groups, stream, method, f"order={order}", notes)
                 if g is None:
                     continue
-                row = [method, order]
+                row = [name, order]
                 for metric in ("aca", "learning_accuracy", "time"):
                     row += _metric_cells(_ours(g["aggregate"], metric),
                                          paper_value(paper, table, stream, method, metric, f"order={order}"), with_paper)
                 rows.append(row)
         header = ["method", "look-ahead"] + _metric_header(("ACA (%)", "learning accuracy (%)", "time (min)"),
                                                            with_paper)
-        out += _table(f"{name} ({title(stream)})", header, rows)
+        out += _table(f"{heading} ({title(stream)})", header, rows, notes)
     return out
 
 
 def table6(groups, paper) -> list[str]:
     streams = _class_split_streams(groups)
     with_paper = _has_paper(paper, 6, streams)
-    rows = []
+    rows, notes = [], []
     for stream in streams:
         for k in DEPTHS:
             for method, key in ((f"LR-{k}", "replay_buffer_mb"), ("HN-F" if k == 0 else f"HN-{k}", "hypernetwork_mb")):
-                g = _find(groups, stream, method, None)
+                g, name = _find(groups, stream, method, None, notes)
                 if g is None:
                     continue
                 mb = g["summaries"][0]["memory"].get(key)
                 ours = None if mb is None else {"mean": mb, "std": None, "n": len(g["seeds"])}
-                rows.append([title(stream), method,
+                rows.append([title(stream), name,
                              *_metric_cells(ours, paper_value(paper, 6, stream, method, "memory"), with_paper, 2)])
-    return _table("Table 6: memory (MB at 32 bit)", ["stream", "method"] + _metric_header(("MB",), with_paper), rows)
+    return _table("Table 6: memory (MB at 32 bit)", ["stream", "method"] + _metric_header(("MB",), with_paper), rows,
+                  notes)
 
 
 def table_von_oswald(groups, paper) -> list[str]:
     """von Oswald et al.'s Table 1: HNET on their MNIST streams; CL1 (task given: our ACA) beside their
     number, our learning accuracy and forgetting, and ours with the task inferred by entropy
     (HNET+ENT: class-incremental and task-inference accuracy)."""
-    rows = []
+    rows, notes = [], []
     for stream in VON_OSWALD_STREAMS:
-        g = _find(groups, stream, "HNET", None)
+        g, name = _find(groups, stream, "HNET", None, notes)
         if g is not None:
             cl1 = cells(_ours(g["aggregate"], "aca"), paper_value(paper, "vo1", stream, "HNET", "aca"), 2)
             ours = [_cell(_ours(g["aggregate"], m), 2) for m in ("learning_accuracy", "forgetting",
                                                               "class_incremental_accuracy", "task_inference_accuracy")]
-            rows.append([title(stream), "HNET", *cl1, *ours])
+            rows.append([title(stream), name, *cl1, *ours])
     return _table("von Oswald et al. (ICLR 2020), Table 1: accuracy (%) after the last task",
                   ["stream", "method", "ours CL1", "paper CL1", "Δ CL1", "ours learning accuracy", "ours forgetting",
-                   "ours HNET+ENT (class-incremental)", "ours task inference"], rows)
+                   "ours HNET+ENT (class-incremental)", "ours task inference"], rows, notes)
 
 
 def transfer_results(groups) -> dict[tuple[str, str], dict[str, list]]:
@@ -355,7 +427,7 @@ def all_configurations(groups) -> list[str]:
     for g in groups:
         a = g["aggregate"]
         rows.append([g["stream"], g["label"], ", ".join(map(str, g["seeds"])),
-                     f"{a['completed_experiences']}",
+                     f"{a['completed_experiences']}" + ("" if g["finished"] else " (unfinished)"),
                      *(_cell(_ours(a, k)) for k in ("aca", "learning_accuracy", "forgetting", "time"))])
     return _table("Every configuration found (mean ± std over its seeds)",
                   ["stream", "configuration", "seeds", "experiences", "ACA (%)", "learning accuracy (%)",
@@ -413,7 +485,7 @@ def lookahead_curves(groups, stream: str) -> dict[str, dict[str, np.ndarray]]:
     over seeds ({"first": R, "none": R}), keyed by method."""
     out = {}
     for method in sorted({g["method"] for g in groups if g["stream"] == stream and g["method"].startswith("HN")}):
-        both = {o: _find(groups, stream, method, f"order={o}") for o in ("first", "none")}
+        both = {o: _find(groups, stream, method, f"order={o}")[0] for o in ("first", "none")}
         if None not in both.values():
             out[method] = {o: mean_accuracy_matrix(g) for o, g in both.items()}
     return out
@@ -617,13 +689,14 @@ def report_markdown(root: str | Path, paper_path: str | Path = PAPER_RESULTS, fi
              "says so), `phn_jax/paper_results.csv`; Δ = ours − paper.",
              ""]
     lines += table1(groups, paper) + table2(groups, paper) + table45(groups, paper, 4) + table45(groups, paper, 5)
-    lines += table6(groups, paper) + table_von_oswald(groups, paper) + table_transfer(transfer_results(groups))
+    finished = [g for g in groups if g["finished"]]  # (the tables' `_find` names the unfinished under each)
+    lines += table6(groups, paper) + table_von_oswald(groups, paper) + table_transfer(transfer_results(finished))
     lines += all_configurations(groups)
     repeated = [str(d) for g in groups for d in g["repeated"]]
     if repeated:
         lines += ["Seeds run more than once count once, with their newest run; not counted: " + ", ".join(repeated), ""]
     if figures_dir is not None:
-        lines += write_figures(groups, Path(figures_dir))
+        lines += write_figures(finished, Path(figures_dir))
     return "\n".join(lines) + "\n"
 
 

@@ -1,12 +1,15 @@
 """The paper's numbers (`phn_jax/paper_results.csv`) against cells read by hand from the paper's
 text, and the report (`make report`) of constructed run directories against hand-computed cells."""
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from phn_jax import metrics, paper, report, train
-from phn_jax.config import base_config
+from phn_jax.config import base_config, load_config
+
+ROOT = Path(__file__).parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +44,19 @@ def test_typed_cells_equal_the_papers_text(published):
     # von Oswald et al.'s Table 1 (table "vo1"), HNET in CL1: PermutedMNIST-10 "97.57 ± 0.02", SplitMNIST "99.79 ± 0.01"
     assert [(cell("vo1", s, "HNET", "aca")["mean"], cell("vo1", s, "HNET", "aca")["std"])
             for s in ("permuted_mnist", "split_mnist")] == [(97.57, 0.02), (99.79, 0.01)]
+
+
+def test_the_cells_tables_4_and_5_print_differently_for_the_same_runs_are_noted(published):
+    """Tables 4 (look-ahead) and 5 (first order) both print the first-order look-ahead runs; three of
+    their cells differ, and each says so with the other table's value."""
+    first = {(t, r["method"], r["metric"]): r for r in published for t in (4, 5)
+             if r["table"] == t and r["setting"] == "order=first" and r["metric"] != "time"}
+    differ = sorted((m, metric) for (t, m, metric), r in first.items()
+                    if t == 4 and r["mean"] != first[(5, m, metric)]["mean"])
+    assert differ == [("HN-1", "aca"), ("HN-3", "learning_accuracy"), ("HN-F", "aca")]
+    for m, metric in differ:
+        four, five = first[(4, m, metric)], first[(5, m, metric)]
+        assert f"Table 5 prints {five['mean']}" in four["note"] and f"Table 4 prints {four['mean']}" in five["note"]
 
 
 def _run(root, directory, seed, R, times, cos=(), **strategy):
@@ -182,17 +198,70 @@ def test_von_oswald_table_of_mlp_runs(tmp_path):
     (our ACA), our learning accuracy and forgetting, and ours with the task inferred (class-incremental,
     task inference)."""
     for seed, acc in ((0, 0.97), (1, 0.99)):  # ACA (0.98 + acc) / 2: 97.5 and 98.5, mean 98.0 ± 0.71
-        c = base_config("permuted_mnist")
+        c = load_config(ROOT / "experiments" / "configs" / "permuted_mnist.py")  # their settings: β 0.1, lr 1e-4, ...
         c.seed = seed
-        c.model.arch, c.strategy.freeze_depth = "mlp", 0
         report.write_config(tmp_path / f"s{seed}", c)
         report.write_metrics(tmp_path / f"s{seed}", metrics.summarize(
             np.array([[0.99, NAN], [0.98, acc]]), [60.0, 60.0], {}, class_incremental=np.array([[0.99, NAN], [0.9, 0.8]]),
             task_inference=np.array([[1.0, NAN], [0.95, 0.85]])))
     groups = paper.group_runs(paper.find_runs(tmp_path))
     assert [(g["method"], g["setting"]) for g in groups] == [("HNET", "order=first")]
+    # an MLP run at Hemati et al.'s settings instead of von Oswald et al.'s: not in their table, named under it
+    other = base_config("permuted_mnist")
+    other.model.arch, other.strategy.freeze_depth = "mlp", 0
+    report.write_config(tmp_path / "other", other)
+    report.write_metrics(tmp_path / "other", metrics.summarize(np.array([[0.5, NAN], [0.5, 0.5]]), [60.0, 60.0], {}))
     text = paper.report_markdown(tmp_path)
+    assert "strategy.beta=0.5 (the paper's 0.1)" in text and "train.epochs=100 (the paper's 11)" in text
     assert "## von Oswald et al. (ICLR 2020), Table 1" in text
     # learning accuracy (0.99 + acc) / 2: 98.0 and 99.0; forgetting 0.99 − 0.98 = 1.0 in both seeds
     assert ("| PermutedMNIST-10 | HNET | 98.00 ± 0.71 (n=2) | 97.57 ± 0.02 | +0.43 | 98.50 ± 0.71 | 1.00 ± 0.00 "
             "| 85.00 ± 0.00 | 90.00 ± 0.00 |") in text
+
+
+def test_a_paper_cell_takes_only_runs_at_the_papers_settings(tmp_path):
+    """HN-3 on Split-CIFAR100 at β = 0.5 (the paper's) and, newer and with more seeds, at β = 0.1: Table 2's
+    row is β = 0.5's, and the β = 0.1 configuration is named under it with the setting that keeps it
+    out. On TinyImageNet LR-2 at buffers 200 and 400: the paper's 400. On a stream of our own (no
+    published numbers) two configurations qualify: the one with more seeds fills the row, whose name
+    says its β, and the other is named."""
+    _run(tmp_path, "paper", 0, [[0.7, NAN], [0.6, 0.6]], [60, 60], name="hn", freeze_depth=3)
+    for seed in (0, 1):
+        _run(tmp_path, f"beta01_{seed}", seed, [[0.9, NAN], [0.9, 0.9]], [60, 60], name="hn", freeze_depth=3, beta=0.1)
+    for buffer, acc in ((200, 0.3), (400, 0.5)):
+        c = load_config(ROOT / "experiments" / "configs" / "split_tinyimagenet.py")
+        c.strategy.update(name="lr", freeze_depth=2, buffer_size=buffer)
+        report.write_config(tmp_path / f"lr2_{buffer}", c)
+        report.write_metrics(tmp_path / f"lr2_{buffer}", metrics.summarize(np.array([[acc, NAN], [acc, acc]]),
+                                                                            [60, 60], {}))
+    for d, seeds, beta in (("d/a", (0,), 0.5), ("d/b", (0, 1), 0.1)):
+        for seed in seeds:
+            _stream_run(tmp_path, f"{d}{seed}", seed, [[0.8, NAN], [0.8, 0.8]], dict(name="split_digits"),
+                        name="hn", freeze_depth=3, beta=beta)
+    md = paper.report_markdown(tmp_path)
+    assert "| HN-3 | 60.0 (n=1) | 58.8 ± 1.0 | +1.2 |" in md  # β = 0.5's ACA, not β = 0.1's 90.0
+    assert ("- HN-3, Split-CIFAR100: not in the table: HN-3 order=first (strategy.beta=0.1) (seeds 0, 1), not at the "
+            "paper's settings: strategy.beta=0.1 (the paper's 0.5)") in md
+    assert "| LR-2 | 50.0 (n=1) |" in md and "strategy.buffer_size=200 (the paper's 400)" in md
+    assert "| HN-3 (strategy.beta=0.1) | 80.0 ± 0.0 (n=2) |" in md
+    assert ("- HN-3, Split-Digits: not in the table: HN-3 order=first (strategy.beta=0.5) (seeds 0), also qualifies; "
+            "the row shows HN-3 (strategy.beta=0.1) (the most seeds, then the newest)") in md
+
+
+def test_an_unfinished_run_fills_no_cell(tmp_path):
+    """A PermutedMNIST-10 run stopped after 1 of its 10 experiences beside a finished SplitMNIST one:
+    von Oswald et al.'s table has the SplitMNIST row only, the PermutedMNIST run is named under it as
+    unfinished, and the list of configurations says so."""
+    for stream, done in (("split_mnist", 5), ("permuted_mnist", 1)):
+        c = load_config(ROOT / "experiments" / "configs" / f"{stream}.py")
+        T = c.data.num_experiences
+        R = np.full((T, T), NAN)
+        for i in range(done):
+            R[i, :i + 1] = 0.93
+        report.write_config(tmp_path / stream, c)
+        report.write_metrics(tmp_path / stream, metrics.summarize(R, [60.0] * done, {}))
+    md = paper.report_markdown(tmp_path)
+    assert "| SplitMNIST | HNET | 93.00 (n=1) | 99.79 ± 0.01 |" in md and "| PermutedMNIST-10 | HNET |" not in md
+    assert ("- HNET, PermutedMNIST-10: not in the table: HNET order=first (seeds 0), unfinished: 1 of 10 "
+            "experiences") in md
+    assert "| permuted_mnist | HNET order=first | 0 | 1 (unfinished) |" in md
