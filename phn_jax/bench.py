@@ -414,7 +414,7 @@ def conv_layers(cfg: models.ResNetConfig, image_size: int):
     (a tap on the padding multiplies zeros): taps(H)·taps(W)·C_in·C_out, ≈ H'·W'·k²·C_in·C_out."""
     hw = image_size
     yield "stem", _taps(hw, 3, 1) ** 2 * cfg.in_channels * cfg.nf, True
-    for stage, block, c_in, c_out, stride, shortcut in models._block_shapes(cfg):
+    for stage, block, c_in, c_out, stride, shortcut in models.block_shapes(cfg):
         yield stage, _taps(hw, 3, stride) ** 2 * c_in * c_out, block == "block1"
         if shortcut:
             yield stage, _taps(hw, 1, stride) ** 2 * c_in * c_out, True

@@ -40,8 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from phn_jax import models
-from phn_jax.runtime import float_dtype, random_floats
+from phn_jax.runtime import compiled_init, float_dtype, random_floats
 
 HEAD_KINDS = ("conv", "linear", "table")
 
@@ -176,7 +175,7 @@ class Hypernetwork:
     def for_target(cls, target_shapes, num_tasks: int, **kwargs) -> "Hypernetwork":
         return cls(heads=target_heads(target_shapes), num_tasks=num_tasks, **kwargs)
 
-    @models.compiled_init("self")
+    @compiled_init("self")
     def init(self, key: jax.Array) -> dict[str, Any]:
         k_emb, k_mlp, k_heads = jax.random.split(key, 3)
         psi = {"embeddings": random_floats(jax.random.normal, k_emb, (self.num_tasks, self.embedding_dim)),
@@ -346,7 +345,7 @@ class ChunkedHypernetwork:
         """n_c = ⌈|ω_gen| / chunk_dim⌉."""
         return -(-self.num_generated // self.chunk_dim)
 
-    @models.compiled_init("self")
+    @compiled_init("self")
     def init(self, key: jax.Array) -> dict[str, Any]:
         k_emb, k_chunk, k_mlp, k_out = jax.random.split(key, 4)
         return {

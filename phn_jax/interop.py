@@ -51,7 +51,7 @@ def torch_names(cfg: models.ResNetConfig, module_names) -> list[tuple[tuple[str,
         elif name == "classifier":
             out += [(("classifier", "kernel"), "classifier.weight"), (("classifier", "bias"), "classifier.bias")]
         else:
-            for stage, block, _, _, _, shortcut in models._block_shapes(cfg):
+            for stage, block, _, _, _, shortcut in models.block_shapes(cfg):
                 if stage != name:
                     continue
                 ours, theirs = (stage, block), f"layer{stage[-1]}.{int(block[5:]) - 1}"

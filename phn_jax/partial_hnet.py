@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from phn_jax import models
+from phn_jax.runtime import compiled_init
 from phn_jax.hypernetwork import ChunkedHypernetwork, Hypernetwork, build_hypernetwork
 
 
@@ -53,7 +54,7 @@ class PartialHypernetwork:
     def is_mlp(self) -> bool:
         return isinstance(self.net, models.MLPConfig)
 
-    @models.compiled_init("self")
+    @compiled_init("self")
     def init(self, key: jax.Array) -> tuple[dict, dict]:
         """(φ, ψ): the frozen part's initial weights ({} for the MLP) and the hypernetwork's."""
         k_model, k_hnet = jax.random.split(key)

@@ -145,9 +145,9 @@ def fold_in(key, i: int) -> jax.Array:
     return over_seeds(lambda k: jax.random.fold_in(k, i), "vmap" if key.ndim else None)(key)
 
 
-@models.compiled_init("strategy", "seed_axis")
+@runtime.compiled_init("strategy", "seed_axis")
 def init_state(key, *, strategy, seed_axis):
-    """`strategy.init(key)` as one compiled program (models.compiled_init); with a seed axis, one state
+    """`strategy.init(key)` as one compiled program (runtime.compiled_init); with a seed axis, one state
     per key of key [S], stacked."""
     return over_seeds(strategy.init, seed_axis)(key)
 

@@ -115,7 +115,7 @@ def _conv_multiply_adds(jaxpr) -> int:
     """Multiply-adds of every convolution in a jaxpr (its sub-jaxprs included) on taps inside the
     input: the convolution itself, with its strides and padding, of ones over one channel pair
     counts them (each output sums the taps that land on the input), times the batch and C_in·C_out;
-    a matmul of [N, H, W, C_in] by [C_in, C_out] (`models.conv`'s 1×1 convolution of few channels):
+    a matmul of [N, H, W, C_in] by [C_in, C_out] (`kernels.conv`'s 1×1 convolution of few channels):
     N·H·W·C_in·C_out."""
     import jax
 
@@ -127,7 +127,7 @@ def _conv_multiply_adds(jaxpr) -> int:
                                       **eqn.params)
             total += n * int(ones.sum()) * c_in * c_out
         elif eqn.primitive.name == "dot_general" and eqn.outvars[0].aval.ndim == 4:  # a 1×1 convolution as
-            total += np.prod(eqn.outvars[0].aval.shape) * eqn.invars[0].aval.shape[-1]  # a matmul (`models.conv`)
+            total += np.prod(eqn.outvars[0].aval.shape) * eqn.invars[0].aval.shape[-1]  # a matmul (`kernels.conv`)
         for v in eqn.params.values():
             sub = getattr(v, "jaxpr", v)
             if hasattr(sub, "eqns"):

@@ -23,7 +23,7 @@ import pytest
 from flax import traverse_util
 
 from phn_jax import config as config_lib
-from phn_jax import models
+from phn_jax import models, runtime
 from phn_jax.partial_hnet import PartialHypernetwork
 
 ROOT = Path(__file__).parent.parent
@@ -35,7 +35,7 @@ TOL = 6.0  # standard errors
 def _draws(init, seed: int = 0):
     """DRAWS initialisations, vmapped, compiled as the engine compiles its initialisers."""
     keys = jax.random.split(jax.random.key(seed), DRAWS)
-    return jax.jit(jax.vmap(init), compiler_options=models.INIT_COMPILER_OPTIONS)(keys)
+    return jax.jit(jax.vmap(init), compiler_options=runtime.INIT_COMPILER_OPTIONS)(keys)
 
 
 def _close(got: float, want: float, n: int, what: str, mean: bool = False):

@@ -569,7 +569,7 @@ def test_lookahead_in_float32_against_float64_where_the_mean_dwarfs_the_spread(o
     """HN-3's look-ahead gradient (the slim ResNet, 3 tasks, ψ moved off the snapshot ψ*) in float32
     within 1e-4 of float64 on the same weights and images, for both orders, with L_CE within 1e-5.
     The activations of stage 4's shortcut have |μ| ≫ σ and its per-sample statistics run over 2×2
-    pixels: one-pass E[x²] − μ² without the shift (`models._shift`) misses both bounds here (and put
+    pixels: one-pass E[x²] − μ² without the shift (`kernels._shift`) misses both bounds here (and put
     ψ's gradient 5e-2 off on the full network)."""
     state = _hn_initial_state(seed=3)
     rng = np.random.default_rng(4)

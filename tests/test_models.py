@@ -7,7 +7,7 @@ import pytest
 from scipy import signal
 
 from arrays import normal, perturbed
-from phn_jax import models
+from phn_jax import kernels, models
 
 CFG = models.ResNetConfig(num_classes=10)
 PARAMS = models.init_resnet(jax.random.key(0), CFG)
@@ -87,15 +87,15 @@ def test_normalize_modes_against_numpy():
     eps = 1e-5
     ref_batch = (x - x.mean((0, 1, 2))) / np.sqrt(x.var((0, 1, 2)) + eps) * p["scale"] + p["bias"]
     ref_inst = (x - x.mean((1, 2), keepdims=True)) / np.sqrt(x.var((1, 2), keepdims=True) + eps) * p["scale"] + p["bias"]
-    np.testing.assert_allclose(models.normalize(p, None, x, "batch", False)[0], ref_batch, rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(models.normalize(p, None, x, "instance", True)[0], ref_inst, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(kernels.normalize(p, None, x, "batch", False)[0], ref_batch, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(kernels.normalize(p, None, x, "instance", True)[0], ref_inst, rtol=1e-4, atol=1e-5)
     stats = {"mean": np.array([0.5, -1.0], np.float32), "var": np.array([2.0, 0.5], np.float32)}
-    y, s = models.normalize(p, stats, x, "running", True)
+    y, s = kernels.normalize(p, stats, x, "running", True)
     np.testing.assert_allclose(y, ref_batch, rtol=1e-4, atol=1e-5)
     n = 3 * 4 * 5
     np.testing.assert_allclose(s["mean"], 0.9 * stats["mean"] + 0.1 * x.mean((0, 1, 2)), rtol=1e-5)
     np.testing.assert_allclose(s["var"], 0.9 * stats["var"] + 0.1 * x.var((0, 1, 2)) * n / (n - 1), rtol=1e-5)
-    y, s = models.normalize(p, stats, x, "running", False)
+    y, s = kernels.normalize(p, stats, x, "running", False)
     np.testing.assert_allclose(y, (x - stats["mean"]) / np.sqrt(stats["var"] + eps) * p["scale"] + p["bias"],
                                rtol=1e-4, atol=1e-5)
 
@@ -108,8 +108,8 @@ def test_masked_batch_statistics_ignore_padding(mode):
     x = normal(7, (5, 3, 3, 2))
     padded = jnp.concatenate([x, 100 * jnp.ones((3, 3, 3, 2))])
     mask = jnp.arange(8) < 5
-    y, s = models.normalize(p, stats, x, mode, True)
-    y_pad, s_pad = models.normalize(p, stats, padded, mode, True, mask)
+    y, s = kernels.normalize(p, stats, x, mode, True)
+    y_pad, s_pad = kernels.normalize(p, stats, padded, mode, True, mask)
     chex.assert_trees_all_close(y_pad[:5], y, atol=1e-5, rtol=1e-5)
     chex.assert_trees_all_close(s_pad, s, atol=1e-6, rtol=1e-5)
 
@@ -122,7 +122,7 @@ def _two_pass_normalize(p, stats, x, mode, mask):
     n = w.sum(axes, keepdims=True)
     mean = (x * w).sum(axes, keepdims=True) / n
     var = (jnp.square(x - mean) * w).sum(axes, keepdims=True) / n
-    y = (x - mean) / jnp.sqrt(var + models.BN_EPS) * p["scale"] + p["bias"]
+    y = (x - mean) / jnp.sqrt(var + kernels.BN_EPS) * p["scale"] + p["bias"]
     if mode != "running":
         return y, None
     m = n.reshape(-1)  # the count, per channel (all alike)
@@ -149,7 +149,7 @@ def test_normalize_derivatives_against_autodiff_of_the_two_pass_formula(mode, ma
                 return (jnp.sin(y) * cot).sum() + running
             return f
 
-        ours = loss(lambda p, x: models.normalize(p, stats, x, mode, True, mask))
+        ours = loss(lambda p, x: kernels.normalize(p, stats, x, mode, True, mask))
         theirs = loss(lambda p, x: _two_pass_normalize(p, stats, x, mode, mask))
         chex.assert_trees_all_close(ours(p, x), theirs(p, x), rtol=1e-12)
         grad = lambda f: jax.grad(f, argnums=(0, 1))
@@ -185,7 +185,7 @@ def test_normalize_in_float32_against_float64_where_the_mean_dwarfs_the_spread(m
         second = jax.grad(lambda p, x: (grad(p, x)[1] * cot).sum() + (grad(p, x)[0]["scale"] ** 2).sum(), argnums=(0, 1))
         return norm(p, x)[0], grad(p, x), second(p, x)
 
-    ours = derivatives(lambda p, x: models.normalize(p, jax.tree_util.tree_map(jnp.float32, stats64), x, mode, True,
+    ours = derivatives(lambda p, x: kernels.normalize(p, jax.tree_util.tree_map(jnp.float32, stats64), x, mode, True,
                                                      mask), *jax.tree_util.tree_map(np.float32, (p64, x64, cot64)))
     assert ours[0].dtype == jnp.float32
     with jax.enable_x64(True):
@@ -201,8 +201,8 @@ def test_conv_ohwi_against_scipy():
     w = rng.normal(size=(3, 3, 3, 2)).astype(np.float32)  # [C_out, kh, kw, C_in]
     ref = np.stack([sum(signal.correlate2d(x[0, :, :, i], w[o, :, :, i], mode="same") for i in range(2))
                     for o in range(3)], -1)
-    np.testing.assert_allclose(models.conv(x, w)[0], ref, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(models.conv(x, w, 2)[0], ref[::2, ::2], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(kernels.conv(x, w)[0], ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(kernels.conv(x, w, 2)[0], ref[::2, ::2], rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("stride,size", [(1, 3), (2, 3), (2, 1), (1, 1)])
@@ -222,14 +222,14 @@ def _check_conv_vjp(stride, size):
                                             dimension_numbers=("NHWC", "OHWI", "NHWC"))
 
     cotangent = normal(10, reference(x, w).shape, np.float64)
-    ours = jax.vjp(lambda x, w: models.conv(x, w, stride), x, w)[1](cotangent)
+    ours = jax.vjp(lambda x, w: kernels.conv(x, w, stride), x, w)[1](cotangent)
     theirs = jax.vjp(reference, x, w)[1](cotangent)
     chex.assert_trees_all_close(ours, theirs, rtol=1e-10, atol=1e-10)
     # the VJP of the VJP (what the second-order look-ahead differentiates): conv_transpose's and
     # the kernel gradient's own hand-written VJPs against JAX's second derivative
     backward = lambda conv_fn: lambda x, w, c: jax.vjp(conv_fn, x, w)[1](c)
     outer = (normal(11, x.shape, np.float64), normal(12, w.shape, np.float64))
-    ours2 = jax.vjp(backward(lambda x, w: models.conv(x, w, stride)), x, w, cotangent)[1](outer)
+    ours2 = jax.vjp(backward(lambda x, w: kernels.conv(x, w, stride)), x, w, cotangent)[1](outer)
     theirs2 = jax.vjp(backward(reference), x, w, cotangent)[1](outer)
     chex.assert_trees_all_close(ours2, theirs2, rtol=1e-10, atol=1e-10)
 

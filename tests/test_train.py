@@ -15,7 +15,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from phn_jax import checkpoint, data, main, models, report, train
+from phn_jax import checkpoint, data, main, models, report, runtime, train
 from phn_jax.config import ConfigError, base_config, check_config, load_config
 from phn_jax.partial_hnet import PartialHypernetwork
 from phn_jax.strategies import create_strategy
@@ -437,7 +437,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_results(hn_run, tmp_path,
 
 
 def test_init_state_at_optimisation_level_1_equals_the_default_compile():
-    """init_state's cheaper compile (models.INIT_COMPILER_OPTIONS) gives the same bits as XLA's default,
+    """init_state's cheaper compile (runtime.INIT_COMPILER_OPTIONS) gives the same bits as XLA's default,
     for both random initialisers (normal: the task and chunk embeddings; uniform: the dense layers).
     On an MLP target with a chunked hypernetwork: few draws, so XLA's default compile takes ~1 s,
     where a ResNet state's takes ~10 s."""

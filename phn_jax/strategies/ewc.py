@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 
 from phn_jax import data, metrics, models
-from phn_jax.runtime import float_dtype
+from phn_jax.runtime import compiled_init, float_dtype
 from phn_jax.strategies.base import masked_cross_entropy, real_batches
 from phn_jax.strategies.naive import Naive
 
@@ -89,7 +89,7 @@ class EWC(Naive):
     def reg_weight(self) -> float:
         return self.ewc_lambda
 
-    @models.compiled_init("self")
+    @compiled_init("self")
     def init(self, key):
         state = super().init(key)
         zeros = jax.tree_util.tree_map(jnp.zeros_like, state["params"])

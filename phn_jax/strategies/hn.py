@@ -22,9 +22,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from phn_jax import lookahead, metrics, models
+from phn_jax import lookahead, metrics
 from phn_jax.partial_hnet import PartialHypernetwork
-from phn_jax.runtime import float_dtype
+from phn_jax.runtime import compiled_init, float_dtype
 from phn_jax.strategies.base import masked_correct, masked_cross_entropy
 
 
@@ -84,7 +84,7 @@ class HN:
     def _reset_optimizer(self, state):
         return {**state, "opt": {"phi": self.optimizer.init(state["phi"]), "psi": self.optimizer.init(state["psi"])}}
 
-    @models.compiled_init("self")
+    @compiled_init("self")
     def init(self, key: jax.Array):
         phi, psi = self.model.init(key)
         targets = jax.eval_shape(self.model.hnet.snapshot, psi)

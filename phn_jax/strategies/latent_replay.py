@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 
 from phn_jax import data, metrics, models
-from phn_jax.runtime import float_dtype
+from phn_jax.runtime import compiled_init, float_dtype
 from phn_jax.strategies.base import masked_cross_entropy, real_batches
 from phn_jax.strategies.naive import Naive
 
@@ -130,7 +130,7 @@ class LatentReplay(Naive):
     def frozen_depth(self, first: bool) -> int:
         return 0 if first else self.freeze_depth
 
-    @models.compiled_init("self")
+    @compiled_init("self")
     def init(self, key):
         m, c = self.buffer_size, self.model.resnet.num_classes
         buffer = {"z": jnp.zeros((m, *self.feature_shape), float_dtype()), "y": jnp.zeros((m,), jnp.int32),

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from phn_jax import models
-from phn_jax.runtime import float_dtype
+from phn_jax.runtime import compiled_init, float_dtype
 
 Params = models.Params
 
@@ -45,10 +45,10 @@ class MultiHeadResNet:
 
     @property
     def mode(self) -> str:
-        """`models.normalize` mode of every norm layer: 'batch' (reference) or 'running'."""
+        """`kernels.normalize` mode of every norm layer: 'batch' (reference) or 'running'."""
         return "running" if self.norm == "batchnorm" else "batch"
 
-    @models.compiled_init("self")
+    @compiled_init("self")
     def init(self, key: jax.Array) -> tuple[Params, Params | None]:
         """(θ, running statistics or None): the uncut ResNet's parameters with 'classifier' holding
         T heads, {'kernel': [T, D, C], 'bias': [T, C]}, each initialised as PyTorch's nn.Linear."""

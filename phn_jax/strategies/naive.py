@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import optax
 
 from phn_jax import metrics, models
+from phn_jax.runtime import compiled_init
 from phn_jax.strategies.base import masked_correct, masked_cross_entropy
 from phn_jax.strategies.multihead import MultiHeadResNet
 
@@ -64,7 +65,7 @@ class Naive:
         """R(θ), unweighted; Naive has none."""
         return jnp.zeros(())
 
-    @models.compiled_init("self")
+    @compiled_init("self")
     def init(self, key: jax.Array):
         params, stats = self.model.init(key)
         return {"params": params, "opt": self.optimizer.init(params), "stats": stats or {}}
