@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from test_train import tiny_config
+from runs import tiny_config
 
 import cli
 from phn_jax import train

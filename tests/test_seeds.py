@@ -17,8 +17,7 @@ import types
 import jax
 import numpy as np
 import pytest
-from test_strategies_stream import REAL, STREAM, _first_moments
-from test_train import killed_after_checkpoint, tiny_config
+from runs import REAL, STREAM, first_moments, killed_after_checkpoint, tiny_config
 
 from phn_jax import checkpoint, metrics, report, runtime, train
 
@@ -93,7 +92,7 @@ def test_each_seed_equals_that_seed_alone(case):
             for k in ("loss", "ce", "reg", "cos_g1_g2"):
                 np.testing.assert_allclose(m2[k], m1[k], rtol=1e-3, atol=1e-6, err_msg=f"seed {seed}: {k}")
             np.testing.assert_array_equal(m2["correct"], m1["correct"])
-            g1, g2 = _first_moments(s1), _first_moments(s2)
+            g1, g2 = first_moments(s1), first_moments(s2)
             np.testing.assert_allclose(g2, g1, rtol=1e-3, atol=1e-4 * np.abs(g1).max(), err_msg=f"seed {seed}")
             assert np.linalg.norm(g2 - g1) <= 1e-3 * np.linalg.norm(g1)
         # end_experience (EWC's Fisher, LR's buffer) and test samples right of the seed's own state

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from test_train import tiny_config
+from runs import REAL, STREAM, first_moments, tiny_config
 
 from phn_jax import checkpoint, metrics, runtime, train
 from phn_jax.strategies.base import TrainData
@@ -30,8 +30,6 @@ STRATEGIES = ("hn", "naive", "ewc", "lr", "joint")
 # HN at second order (Adam's ε inside the root for its derivative): the look-ahead's heaviest program,
 # which the 4-device test compares too (first order's gradient is a part of it).
 SECOND_ORDER = {"strategy.order": "second", "optim.eps_root": 1e-8}
-STREAM = {"data.num_experiences": 4, "data.noise_std": 0.6, "data.test_per_class": 100, "optim.lr": 3e-3,
-          "train.epochs": 20, "train.eval_batch_size": 200, "checkpoint.max_to_keep": 4}
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +98,6 @@ def test_latent_replay_keeps_its_trunk_frozen_and_every_class(runs):
     assert counts.tolist() == [24] * 8
 
 
-
 @pytest.mark.system
 def test_latent_replay_from_the_command_line_on_split_digits(tmp_path):
     """`python -m phn_jax.main` with LR-2 on Split-Digits, one epoch per experience (about a minute)."""
@@ -132,15 +129,6 @@ DEVICE_CASES = {
     "lr": ({"strategy.name": "lr"}, False),
     "ewc": ({"strategy.name": "ewc"}, True),
 }
-REAL = 16  # real samples of each experience's (padded) training arrays: one step per epoch
-
-
-def _first_moments(state):
-    """Adam's first moments (mu) of every optimizer state in `state`, flattened, in one order."""
-    leaves = jax.tree_util.tree_flatten_with_path(state["opt"])[0]
-    mus = [np.asarray(v, np.float64).ravel() for path, v in leaves if "mu" in jax.tree_util.keystr(path)]
-    assert mus, "no Adam first moment in the state"
-    return np.concatenate(mus)
 
 
 def _on_mesh(case: str, num_devices: int, state0):
@@ -193,7 +181,7 @@ def test_four_devices_equal_one(case, runs):
             np.testing.assert_allclose(m4[k], m1[k], rtol=1e-3, atol=1e-6, err_msg=k)
         np.testing.assert_array_equal(m4["correct"], m1["correct"])
         # the gradient: entrywise to 1e-3 relative or 1e-4 of its largest entry, as a vector to 1e-3
-        g1, g4 = _first_moments(s1), _first_moments(s4)
+        g1, g4 = first_moments(s1), first_moments(s4)
         np.testing.assert_allclose(g4, g1, rtol=1e-3, atol=1e-4 * np.abs(g1).max())
         assert np.linalg.norm(g4 - g1) <= 1e-3 * np.linalg.norm(g1)
     # end_experience from the same state: EWC's importances, LR's buffer of features, HN unchanged

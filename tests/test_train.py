@@ -15,32 +15,14 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from runs import killed_after_checkpoint, tiny_config
+
 from phn_jax import checkpoint, data, main, models, report, runtime, train
-from phn_jax.config import ConfigError, base_config, check_config, load_config
+from phn_jax.config import ConfigError, base_config, check_config
 from phn_jax.partial_hnet import PartialHypernetwork
 from phn_jax.strategies import create_strategy
 from phn_jax.strategies.hn import HN
 
-ROOT = Path(__file__).parent.parent
-
-
-def tiny_config(**overrides):
-    """experiments/configs/smoke.py (3 experiences x 2 classes of 16x16 prototypes + noise, each class
-    its own prototype) made hard enough to forget on with its ResNet-10 at nf=4 (noise 0.4, Adam at
-    lr 3e-3, 40 epochs; 100 test samples per class, evaluated in one batch per experience), on one
-    device of the test session's four (tests/conftest.py; test_devices compares meshes), and
-    `overrides` ('a.b': value)."""
-    c = load_config(ROOT / "experiments" / "configs" / "smoke.py")
-    c.data.update(noise_std=0.4, test_per_class=100)
-    c.optim.lr = 3e-3
-    c.train.update(epochs=40, eval_batch_size=200, progress=False, num_devices=1)
-    for key, value in overrides.items():
-        node = c
-        *path, leaf = key.split(".")
-        for p in path:
-            node = node[p]
-        node[leaf] = value
-    return c
 
 
 def _final_state(workdir):
@@ -164,22 +146,6 @@ def test_tensorboard_events_hold_the_history_and_the_accuracies(hn_run):
     for j in range(3):
         assert scalars[f"test/accuracy/experience_{j}"] == pytest.approx({40 * (t + 1): R[t, j] for t in range(j, 3)})
     assert scalars["test/aca"][120] == pytest.approx(summary["aca"])
-
-
-def killed_after_checkpoint(monkeypatch, step, config, workdir):
-    """Runs `config` in `workdir`, killed (KeyboardInterrupt) as soon as checkpoint `step` is saved,
-    before the results files that follow it."""
-    save = checkpoint.save
-
-    def crash(mngr, saved, state, meta):
-        save(mngr, saved, state, meta)
-        if saved == step:
-            raise KeyboardInterrupt(f"killed after checkpoint {step}")
-
-    monkeypatch.setattr(checkpoint, "save", crash)
-    with pytest.raises(KeyboardInterrupt):
-        train.train_and_evaluate(config, workdir)
-    monkeypatch.setattr(checkpoint, "save", save)
 
 
 def test_resume_equals_uninterrupted(hn_run, tmp_path, monkeypatch):
