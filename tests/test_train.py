@@ -24,7 +24,6 @@ from phn_jax.strategies import create_strategy
 from phn_jax.strategies.hn import HN
 
 
-
 def _final_state(workdir):
     mngr = checkpoint.manager(workdir)
     step = mngr.latest_step()
