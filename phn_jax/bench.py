@@ -80,8 +80,7 @@ PAPER_EPOCHS = 100     # the paper's epochs per experience (`make cifar100`)
 PARTS = ("steps", "seeds", "eval", "mnist", "torch", "checkpoint", "run")
 DEFAULT_PARTS = ("steps", "seeds", "eval", "mnist")
 MNIST_CONFIGS = {"SplitMNIST": "split_mnist", "PermutedMNIST-10": "permuted_mnist"}  # experiments/configs/<name>.py
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
-TORCH_SCRIPT = EXPERIMENTS / "bench_torch.py"
+TORCH_SCRIPT = config_lib.CONFIGS.parent / "bench_torch.py"
 TORCH_STEP = "PyTorch plain step"
 FULL_NETWORK = ("Naive", "HN-0 experience 1", "HN-3 experience 1")  # our steps that train the whole network
 ROUNDS = 4             # rounds of `time_interleaved`
@@ -102,7 +101,7 @@ def bench_config(strategy: str = "hn", freeze_depth: int = 3, order: str = "firs
 def mnist_config(name: str):
     """experiments/configs/`name`.py (von Oswald et al.'s MNIST settings) on a synthetic stream of its
     shapes (experiences, classes, image size, one channel), so that no dataset is needed."""
-    c = config_lib.load_config(EXPERIMENTS / "configs" / f"{name}.py")
+    c = config_lib.load_config(config_lib.CONFIGS / f"{name}.py")
     size, tasks = c.data.image_size, c.data.num_experiences
     classes = c.data.get("classes_per_experience", c.model.num_classes)
     c.data = data.default_data_config("synthetic")

@@ -1,7 +1,8 @@
 """The run configuration: one `ml_collections.ConfigDict` describes a run completely.
 
-Experiment files under `experiments/configs/` start from `base_config(stream)` and change what
-their experiment needs; the command line overrides any field (`--config.strategy.freeze_depth=3`).
+Experiment files under `experiments/configs/` (installed as `phn_jax.experiments.configs`: CONFIGS)
+start from `base_config(stream)` and change what their experiment needs; `--config <name>` names one
+from any directory; the command line overrides any field (`--config.strategy.freeze_depth=3`).
 Defaults are the paper's hyperparameters (Hemati et al. §4, App.; DESIGN §4): Adam lr 1e-3,
 batch 64 (eval 256), 100 epochs per experience, β = 0.5, first-order look-ahead, task
 embedding 32, MLP 50/32, conv-head embedding 32, 10 outputs per task head.
@@ -9,6 +10,7 @@ embedding 32, MLP 50/32, conv-head embedding 32, 10 outputs per task head.
 from __future__ import annotations
 
 import copy
+import importlib.resources
 import importlib.util
 import json
 import math
@@ -163,10 +165,29 @@ def seed_configs(config: ml_collections.ConfigDict) -> list[ml_collections.Confi
     return configs or [config]
 
 
+# The repository's experiments/configs, wherever phn_jax is installed (pyproject.toml maps it into the package).
+CONFIGS = Path(str(importlib.resources.files("phn_jax.experiments"))) / "configs"
+
+
+def config_file(name: str | os.PathLike) -> Path:
+    """`name` where it is a file; else the experiment config of that name (CONFIGS/<name>.py: 'smoke',
+    'split_cifar100', 'split_cifar100.py'), from any directory. FileNotFoundError naming the choices."""
+    if Path(name).is_file():
+        return Path(name)
+    named = CONFIGS / f"{Path(name).stem}.py"
+    if Path(name).parent == Path(".") and named.is_file():
+        return named
+    names = ", ".join(sorted(p.stem for p in CONFIGS.glob("*.py") if not p.stem.startswith("_")))
+    raise FileNotFoundError(f"no config file {name} (a path, or the name of one of phn_jax's experiment configs: "
+                            f"{names})")
+
+
 def load_config(path: str | os.PathLike) -> ml_collections.ConfigDict:
-    """`get_config()` of an experiment file, as `--config <path>` loads it on the command line."""
-    spec = importlib.util.spec_from_file_location(Path(path).stem, path)
-    if spec is None or not Path(path).is_file():
+    """`get_config()` of an experiment file (a path or a name: `config_file`), as `--config` loads it on
+    the command line."""
+    path = config_file(path)
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    if spec is None:
         raise FileNotFoundError(f"no config file {path}")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

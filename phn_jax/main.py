@@ -1,4 +1,5 @@
-"""Command line: `python -m phn_jax.main --config experiments/configs/<name>.py --workdir <dir>`.
+"""Command line: `python -m phn_jax.main --config <name> --workdir <dir>` (a name of experiments/configs/,
+e.g. `split_cifar100`, found from any directory; or a config file's path).
 
 Any config field can be overridden, e.g. `--config.strategy.freeze_depth=3 --config.seed=1`;
 `--resume` continues a run from its latest checkpoint; `--verify --workdir <dir>` checks every
@@ -27,11 +28,13 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from phn_jax import checkpoint, rundir, runtime, train
+from phn_jax import config as config_lib
 from phn_jax.checkpoint import CheckpointError
 from phn_jax.data import DatasetNotFoundError
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/configs/*.py).",
+config_flags.DEFINE_config_file("config", None, "Experiment config: a file, or the name of one of "
+                                "experiments/configs/*.py (e.g. split_cifar100).",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory: config, metrics, plots, log, checkpoints.")
 flags.DEFINE_bool("resume", False, "Continue the run in --workdir from its latest checkpoint.")
@@ -62,14 +65,31 @@ def _flag_error(err: Exception, argv: list[str]) -> str:
             "(a value of the field's type).")
 
 
+def _config_by_name(argv: list[str]) -> list[str]:
+    """argv with `--config <name>` (`--config=<name>`) of one of phn_jax's experiment configs as its file
+    (`config.config_file`), so that a name works from any directory; a path, or an unknown name, as given."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        at, value = (i + 1, out[i + 1]) if arg == "--config" and i + 1 < len(out) else (
+            (i, arg.split("=", 1)[1]) if arg.startswith("--config=") else (None, None))
+        if at is None or os.path.isfile(value.split(":")[0]):
+            continue
+        try:
+            path = str(config_lib.config_file(value.split(":")[0]))
+        except FileNotFoundError:
+            continue
+        out[at] = (path if at == i + 1 else f"--config={path}") + value[len(value.split(":")[0]):]
+    return out
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing (the config file is loaded and overridden here), its errors as one paragraph
     and exit code 2; --debug shows the traceback."""
     try:
-        rest = FLAGS(argv)
+        rest = FLAGS(_config_by_name(argv))
         path = FLAGS["config"].config_filename if FLAGS["config"].present else None
         if path is not None and not os.path.isfile(path.split(":")[0]):
-            raise FileNotFoundError(f"no config file {path}")
+            config_lib.config_file(path.split(":")[0])  # (its error names the experiment configs)
     except Exception as err:  # flags, the config file's import, overrides of unknown fields or types
         if "--debug" in argv:
             raise
@@ -78,7 +98,7 @@ def parse_flags(argv: list[str]) -> list[str]:
         _exit_with(f"error: unexpected argument(s) {' '.join(rest[1:])}: every option is --name=value or --flag "
                    "(python -m phn_jax.main --help lists them; config fields are --config.<field>=<value>)", None)
     if not FLAGS.verify and not FLAGS["config"].present:
-        _exit_with("error: --config <file> is required (experiments/configs/*.py), except with --verify", None)
+        _exit_with("error: --config <name or file> is required (experiments/configs/*.py), except with --verify", None)
     return rest
 
 

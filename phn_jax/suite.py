@@ -45,7 +45,6 @@ from phn_jax import report, runtime, train
 from phn_jax.data import DatasetNotFoundError, check_datasets
 from phn_jax.data.streams import TRANSFER_CHOICES, TRANSFER_DATASETS
 
-CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "configs"
 # stream -> (its config file, its directory under RUNS: the Makefile's)
 STREAM_DIRS = {
     "split_cifar100": ("split_cifar100.py", "cifar100"),
@@ -109,7 +108,7 @@ def entry(runs: str | Path, stream: str, method: Method, seeds: tuple[int, ...],
     """The queue entry of `method` on `stream` (its config file and directory: STREAM_DIRS; a transfer
     pair's directory RUNS/transfer/<A>_to_<B>) with `seeds`, and --quick's shrinking."""
     config_file, subdir = STREAM_DIRS[stream]
-    config = config_lib.load_config(CONFIGS / config_file)
+    config = config_lib.load_config(config_lib.CONFIGS / config_file)
     config.update_from_flattened_dict(method.overrides())
     if pair is not None:
         config.data.transfer_pair = tuple(pair)

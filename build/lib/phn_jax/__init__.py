@@ -1,0 +1,1 @@
+"""phn_jax: partial hypernetworks for continual learning in JAX."""

@@ -1,0 +1,300 @@
+"""The run configuration: one `ml_collections.ConfigDict` describes a run completely.
+
+Experiment files under `experiments/configs/` (installed as `phn_jax.experiments.configs`: CONFIGS)
+start from `base_config(stream)` and change what their experiment needs; `--config <name>` names one
+from any directory; the command line overrides any field (`--config.strategy.freeze_depth=3`).
+Defaults are the paper's hyperparameters (Hemati et al. §4, App.; DESIGN §4): Adam lr 1e-3,
+batch 64 (eval 256), 100 epochs per experience, β = 0.5, first-order look-ahead, task
+embedding 32, MLP 50/32, conv-head embedding 32, 10 outputs per task head.
+"""
+from __future__ import annotations
+
+import copy
+import importlib.resources
+import importlib.util
+import json
+import math
+import numbers
+import os
+from pathlib import Path
+
+import ml_collections
+
+from phn_jax import hypernetwork, lookahead, models
+from phn_jax.data import STREAMS, default_data_config
+
+
+def base_config(stream: str) -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0  # initialisation, shuffling and augmentation; also the stream's class order
+    # several seeds of this config as one vmapped program (each seed's config: seed=s, seeds=()); () = just `seed`
+    c.seeds = ()
+    c.data = default_data_config(stream)
+    c.data.seed = c.get_ref("seed")
+    c.model = ml_collections.ConfigDict(dict(
+        arch="resnet",     # resnet: the slim ResNet-18 (the paper's) | mlp: von Oswald et al.'s MLP (hn, k = 0)
+        hidden_dims=(400, 400),  # mlp: the hidden layers (ReLU, with biases); one head of num_classes per task
+        nf=20,             # slim ResNet-18: 20/40/80/160 channels
+        num_classes=10,    # outputs of each task head (the reference scripts use 10)
+        norm="reference",  # 'reference' (batch stats frozen / per-sample generated) | 'batchnorm'
+        blocks_per_stage=(2, 2, 2, 2),  # BasicBlocks of the four stages: ResNet-18 (smoke checks: (1,1,1,1))
+    ))
+    c.hnet = ml_collections.ConfigDict(dict(
+        kind="heads",             # heads: per-tensor heads (the paper's) | chunked: von Oswald et al.'s chunks
+        embedding_dim=32,         # task embedding e_t
+        hidden_dims=(50, 32),     # the MLP trunk
+        activation="relu",        # relu (reference code) | elu
+        head_embedding_dim=32,    # heads: width d of the conv heads' lookup tables
+        chunk_dim=4096,           # chunked: values emitted per chunk
+        chunk_embedding_dim=32,   # chunked: width of the chunk embeddings c_i
+        vectors_as_tables=True,   # chunked: norm γ/β and biases as per-task tables (False: generated too)
+        dense_init="pytorch",     # dense layers: pytorch (U(±1/√fan_in), the paper's code) | xavier (hypercl's)
+    ))
+    c.strategy = ml_collections.ConfigDict(dict(
+        name="hn",                  # hn | naive | ewc | lr | joint (phn_jax.strategies)
+        freeze_depth=3,             # k: stem + first k stages frozen after experience 1 (hn, lr)
+        beta=0.5,                   # β of the output regulariser
+        order="first",              # look-ahead: none | first | second
+        combine="sum",              # sum (reference code) | mean (the paper's Eq. 10)
+        lookahead_step="sgd",       # sgd (reference code) | optimizer (von Oswald et al.)
+        reg_subset=0,               # regularise a random subset of n previous tasks (0: all)
+        reg_reduce="mean",          # L_H over the regularised tasks: mean (reference code) | sum (paper's Eq. 7)
+        train_old_embeddings=True,  # reference: old task embeddings stay trainable
+        copy_embedding=True,        # new task embedding initialised from the previous one
+        ewc_lambda=1.0,             # ewc: λ of the penalty λ Σ_t Σ_i F_t,i (θ_i − θ*_t,i)² (Avalanche 'separate')
+        buffer_size=200,            # lr: samples in the class-balanced buffer, in total (TinyImageNet: 400)
+        replay_batch_size=64,       # lr: buffer samples replayed per step
+        replay_coef=1.0,            # lr: c in CE(current) + c·CE(replayed); 0: Naive with a frozen trunk
+        # hn, lr: "none" (the paper's text: stem + stages 1..k trained on experience 1, then frozen), or a phn_jax
+        # run directory (or one seed's of a multi-seed run) whose newest checkpoint gives them, frozen from the
+        # start, as the reference scripts load φ from a model trained beforehand (`make pretrain`: Joint)
+        frozen_init="none",
+    ))
+    c.optim = ml_collections.ConfigDict(dict(lr=1e-3, eps_root=0.0))
+    # num_devices: the mesh's devices (0: every device of every process); batch sizes are global
+    # seed_axis: how a multi-seed run (`seeds`) goes over its seeds: vmap | map (lax.map, one after another in
+    # the program) | auto (vmap on GPUs and TPUs, map on CPUs, where grouped convolutions are slow)
+    c.train = ml_collections.ConfigDict(dict(epochs=100, batch_size=64, eval_batch_size=256, progress=True,
+                                             num_devices=0, seed_axis="auto"))
+    # task_inference: also evaluate without task ids, the task inferred by predictive entropy (von
+    # Oswald et al.'s HNET+ENT), for strategies that can (hn): class-incremental and task-inference accuracy
+    c.eval = ml_collections.ConfigDict(dict(task_inference=True))
+    # a checkpoint after every experience, and between epochs every `every_minutes`
+    c.checkpoint = ml_collections.ConfigDict(dict(max_to_keep=2, every_minutes=5.0))
+    return c
+
+
+def with_defaults(saved: dict) -> dict:
+    """A run's saved config (its config.json, or a checkpoint's) with each field it lacks, a field added
+    to phn_jax after it was written, at its default (`base_config` of its stream). A new field's
+    default is what phn_jax did before the field existed, so the run is the same experiment as one
+    that sets the default: it resumes, and counts, as such."""
+    def fill(defaults: dict, into: dict) -> dict:
+        out = dict(into)
+        for key, value in defaults.items():
+            if key not in out:
+                out[key] = value
+            elif isinstance(value, dict) and isinstance(out[key], dict):
+                out[key] = fill(value, out[key])
+        return out
+
+    stream = saved.get("data", {}).get("name")
+    if stream not in STREAMS:
+        return saved
+    return fill(json.loads(json.dumps(base_config(stream).to_dict())), saved)
+
+
+def digits_config(stream: str = "split_digits") -> ml_collections.ConfigDict:
+    """A stream of scikit-learn's digits (split_digits, noisy_digits, clean_digits): 2 classes per
+    experience, batch 32 and 15 epochs (minutes on a laptop CPU), HN-2."""
+    c = base_config(stream)
+    c.strategy.freeze_depth = 2
+    c.model.num_classes = 2
+    c.train.epochs = 15
+    c.train.batch_size = 32
+    return c
+
+
+def smoke(c: ml_collections.ConfigDict, epochs: int = 1) -> ml_collections.ConfigDict:
+    """Shrinks any experiment to a laptop-size run of the same code path (big_vision's `runlocal`)."""
+    c.train.epochs = epochs
+    return c
+
+
+def von_oswald_hnet(c: ml_collections.ConfigDict, *, beta: float, lr: float, epochs: int, mlp: tuple[int, ...],
+                    image_size: int, **chunked) -> ml_collections.ConfigDict:
+    """von Oswald et al.'s (ICLR 2020) HNET recipe on `c`, as their reference code runs it on MNIST:
+    their target, a multi-head MLP with hidden layers `mlp` (ReLU, biases) on the flattened image
+    (MNIST zero-padded to `image_size`, one channel, pixels in [0, 1]); a chunked hypernetwork
+    (`chunked`: its hnet fields) generating all of it, biases included (k = 0); the look-ahead
+    through Adam's step at first order, only the current task embedding trained, a new embedding
+    drawn fresh (not copied), batch 128; their β, lr and iterations (as epochs).
+
+    Also as theirs: the hypernetwork's dense layers Xavier uniform with zero biases and the task and
+    chunk embeddings N(0, 1) (hypercl mnist/train_utils.py `generate_classifier`); a fresh Adam for the
+    hypernetwork at every task (mnist/train_splitMNIST.py `train_class_one_t` creates its optimizers).
+    Where ours differs (none expected to change a result beyond rounding):
+      - one Adam over ψ, the old task embeddings' gradients zeroed, where theirs has one for θ and one
+        for the current embedding: the old embeddings get no update either way (their Adam moments
+        stay 0, so the virtual step leaves them too), and the current one is not in the regulariser
+      - Adam's ε in the virtual step: utils/optim_step.py `adam_step` (PyTorch's Adam of its day) adds
+        it to the uncorrected √v, lr·√(1−β₂ᵗ)/(1−β₁ᵗ)·m/(√v + ε); ours (optax) to the corrected √v̂,
+        lr·m̂/(√v̂ + ε): they differ at ε's scale (1e-8) in a task's first steps
+      - the regulariser from the targets' factors (`ChunkedHypernetwork.sq_distances`), theirs from the
+        full outputs: the same function (float64 tests), at a fraction of the cost
+      - evaluation: theirs tests each task right after it ("during") and after the last ("after");
+        our accuracy matrix holds both (its diagonal and its last row)"""
+    c.model.update(arch="mlp", hidden_dims=tuple(mlp))
+    c.data.update(image_size=image_size, channels=1, normalize=False)
+    c.hnet.update(kind="chunked", vectors_as_tables=False, dense_init="xavier", **chunked)
+    c.strategy.update(freeze_depth=0, beta=beta, order="first", lookahead_step="optimizer",
+                      train_old_embeddings=False, copy_embedding=False)
+    c.optim.lr = lr
+    c.train.update(epochs=epochs, batch_size=128)
+    return c
+
+
+def seed_configs(config: ml_collections.ConfigDict) -> list[ml_collections.ConfigDict]:
+    """The config of each seed of `config.seeds` (seed = s, seeds = (); the stream's seed follows
+    `seed` unless set on its own), or [config] when it names none."""
+    configs = []
+    for s in config.seeds:
+        c = copy.deepcopy(config)
+        c.seed, c.seeds = s, ()
+        configs.append(c)
+    return configs or [config]
+
+
+# The repository's experiments/configs, wherever phn_jax is installed (pyproject.toml maps it into the package).
+CONFIGS = Path(str(importlib.resources.files("phn_jax.experiments"))) / "configs"
+
+
+def config_file(name: str | os.PathLike) -> Path:
+    """`name` where it is a file; else the experiment config of that name (CONFIGS/<name>.py: 'smoke',
+    'split_cifar100', 'split_cifar100.py'), from any directory. FileNotFoundError naming the choices."""
+    if Path(name).is_file():
+        return Path(name)
+    named = CONFIGS / f"{Path(name).stem}.py"
+    if Path(name).parent == Path(".") and named.is_file():
+        return named
+    names = ", ".join(sorted(p.stem for p in CONFIGS.glob("*.py") if not p.stem.startswith("_")))
+    raise FileNotFoundError(f"no config file {name} (a path, or the name of one of phn_jax's experiment configs: "
+                            f"{names})")
+
+
+def load_config(path: str | os.PathLike) -> ml_collections.ConfigDict:
+    """`get_config()` of an experiment file (a path or a name: `config_file`), as `--config` loads it on
+    the command line."""
+    path = config_file(path)
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    if spec is None:
+        raise FileNotFoundError(f"no config file {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+class ConfigError(ValueError):
+    """Config values that cannot run; the message says what is wrong and what to do."""
+
+
+def _one_of(options):
+    return lambda v: v in options, "one of " + ", ".join(map(str, options))
+
+
+def _integer(low, high=None):
+    ok = lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool) and low <= v <= (high or v)
+    return ok, f"an integer from {low} to {high}" if high is not None else f"an integer ≥ {low}"
+
+
+def _seeds():
+    ok = lambda v: (isinstance(v, tuple) and len(set(v)) == len(v)
+                    and all(isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 0 for s in v))
+    return ok, "distinct integers ≥ 0, e.g. --config.seeds=0,1,2"
+
+
+def _positive_ints(count: int | None, must: str):
+    """A tuple of integers ≥ 1: `count` of them, or (None) one or more."""
+    ok = lambda v: (isinstance(v, tuple) and (len(v) == count if count else len(v) >= 1)
+                    and all(isinstance(b, numbers.Integral) and not isinstance(b, bool) and b >= 1 for b in v))
+    return ok, must
+
+
+def _number(low, strict):
+    ok = lambda v: (isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+                    and (v > low if strict else v >= low))
+    return ok, f"a finite number {'>' if strict else '≥'} {low}"
+
+
+# Every config value a run checks before anything is written: (field, (check, what it must be), why or
+# what to do). The strategies keep their own checks for library use; this table is the command line's.
+RULES = (
+    ("data.name", _one_of(STREAMS), "the stream to run (see the README's Data section)"),
+    ("strategy.name", _one_of(("hn", "naive", "ewc", "lr", "joint")), "hn is the paper's method; the rest are baselines"),
+    ("strategy.order", _one_of(lookahead.ORDERS), "the look-ahead's order (none: no look-ahead)"),
+    ("strategy.combine", _one_of(lookahead.COMBINES), "sum (reference code) or mean (the paper's Eq. 10)"),
+    ("strategy.lookahead_step", _one_of(lookahead.LOOKAHEAD_STEPS), "the virtual step: sgd (reference code) or "
+     "optimizer (von Oswald et al.)"),
+    ("strategy.reg_reduce", _one_of(lookahead.REG_REDUCES), "the regulariser over previous tasks: mean (reference "
+     "code) or sum (the paper's Eq. 7)"),
+    ("model.norm", _one_of(models.NORM_MODES), "reference: the reference code's normalisation"),
+    ("model.arch", _one_of(models.ARCHS), "resnet: the paper's slim ResNet-18; mlp: von Oswald et al.'s MLP"),
+    ("model.hidden_dims", _positive_ints(None, "one or more integers ≥ 1, e.g. --config.model.hidden_dims=400,400"),
+     "the MLP's hidden layers (model.arch=mlp)"),
+    ("hnet.kind", _one_of(hypernetwork.HNET_KINDS), "heads: the paper's per-tensor heads; chunked: von Oswald et al."),
+    ("hnet.dense_init", _one_of(hypernetwork.DENSE_INITS), "the hypernetwork's dense layers: pytorch (PyTorch's "
+     "default, the paper's code) or xavier (Xavier uniform, zero biases: von Oswald et al.'s code)"),
+    ("strategy.freeze_depth", _integer(0, 4), "k frozen residual stages: 0 generates the whole network (HN-F), "
+     "4 only the classifier"),
+    ("train.epochs", _integer(1), "epochs per experience (the paper: 100)"),
+    ("train.batch_size", _integer(1), "the global training batch (the paper: 64)"),
+    ("train.eval_batch_size", _integer(1), "the global evaluation batch (the paper: 256)"),
+    ("train.num_devices", _integer(0), "0 uses every device"),
+    ("train.seed_axis", _one_of(("auto", "vmap", "map")), "how several seeds share one program"),
+    ("optim.lr", _number(0, strict=True), "Adam's learning rate (the paper: 1e-3)"),
+    ("strategy.beta", _number(0, strict=False), "β of the output regulariser (the paper: 0.5; 0 turns it off)"),
+    ("model.nf", _integer(1), "the slim ResNet's width (the paper: 20)"),
+    ("model.num_classes", _integer(1), "outputs of each task head"),
+    ("model.blocks_per_stage", _positive_ints(4, "four integers ≥ 1"),
+     "the BasicBlocks of each of the four stages (the paper: 2,2,2,2)"),
+    ("checkpoint.max_to_keep", _integer(1), "checkpoints kept; a run needs at least its latest to resume"),
+    ("checkpoint.every_minutes", _number(0, strict=True), "minutes between checkpoints inside an experience"),
+    ("seed", _integer(0), "the run's seed"),
+    ("seeds", _seeds(), "the seeds run together in one program (empty: only `seed`)"),
+)
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Checks every rule of RULES, that the MLP target (model.arch=mlp) runs with hn at k = 0, and that
+    a frozen_init names a run directory for a strategy with a frozen part (hn or lr at k ≥ 1);
+    ConfigError naming each bad value, what it must be and why."""
+    problems = []
+    for field, (ok, must), why in RULES:
+        node = config
+        for part in field.split("."):
+            node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
+        if not ok(node):
+            problems.append(f"{field}={node!r} must be {must} ({why})")
+    s = config.get("strategy", {})
+    if config.get("model", {}).get("arch") == "mlp":
+        if s.get("name") != "hn":
+            problems.append(f"model.arch='mlp' runs with strategy hn only (got {s.get('name')!r}): the baselines "
+                            "use the multi-head ResNet; set --config.model.arch=resnet for them")
+        if s.get("freeze_depth") != 0:
+            problems.append(f"model.arch='mlp' has no frozen part: the hypernetwork generates every layer, so "
+                            f"strategy.freeze_depth must be 0 (got {s.get('freeze_depth')!r}); drop FREEZE= (or set "
+                            "FREEZE=0), or use --config.model.arch=resnet for a frozen trunk")
+    frozen_init = s.get("frozen_init", "none")
+    if frozen_init != "none":
+        if s.get("name") not in ("hn", "lr") or not s.get("freeze_depth"):
+            problems.append(f"strategy.frozen_init={frozen_init!r} needs a frozen part: strategy hn or lr with "
+                            f"freeze_depth ≥ 1 (got {s.get('name')} at {s.get('freeze_depth')})")
+        elif config.get("model", {}).get("norm") != "reference":
+            problems.append(f"strategy.frozen_init={frozen_init!r} needs model.norm='reference' (the paper's): "
+                            "conventional BatchNorm's running statistics of the frozen part are not loaded with it")
+        elif not Path(str(frozen_init)).is_dir():
+            problems.append(f"strategy.frozen_init={frozen_init!r} must be 'none' or the directory of a finished "
+                            "phn_jax run (make pretrain writes one)")
+    if problems:
+        raise ConfigError("bad config: " + "; ".join(problems) + ". Change it in the config file or with "
+                          "--config.<field>=<value> on the command line.")

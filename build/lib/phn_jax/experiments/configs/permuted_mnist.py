@@ -1,0 +1,43 @@
+"""PermutedMNIST-10 (von Oswald et al., ICLR 2020): 10 experiences of the 10 MNIST digits, each with
+its own fixed pixel permutation (the first the identity), MNIST zero-padded to 32×32.
+`make permuted-mnist` (k = 0 and 11 epochs unless EPOCHS= says otherwise; the MLP has no frozen
+part, so FREEZE= other than 0 is a config error).
+
+Theirs, and ours with it: the settings of the reference implementation (github.com/chrhenning/hypercl),
+each with the file that sets it:
+  - stream: PermutedMNIST-10, the first task unpermuted (mnist/train_utils.py `_generate_tasks`:
+    permutations [None] + 9 random ones over (28+2·padding)² pixels); task-incremental (their CL
+    scenario 1)
+  - input: 28×28 zero-padded by 2 to 32×32 (`padding = 2`, mnist/train_args_default.py
+    `_set_default_permuted`), one channel, flattened to 1,024 values (mnist/train_utils.py
+    `generate_classifier`: n_in = (28+2·padding)²); pixels in [0, 1], no mean/std normalisation
+    (data/mnist_data.py: images / 255)
+  - target network: fully connected 1024-1000-1000-100 (`class_fc_arch = '1000,1000'`,
+    `_set_default_permuted`), ReLU (`dnet_act='relu'`, mnist/train_args.py), biases (mnets/mlp.py
+    MLP: use_bias=True), no normalisation layers, no dropout (ddropout_rate=-1, utils/cli_args.py)
+  - heads: one output layer of 10·10 units, head t = units 10t..10t+9 (generate_classifier: n_out =
+    out_dim·num_tasks for CL1; mnist/train_splitMNIST.py: task_out = [t·out_dim, (t+1)·out_dim])
+  - chunked hypernetwork generating every target parameter, biases included: task embedding
+    e_t ∈ R^24, chunk embeddings c_i ∈ R^8, hidden layers 25-25 with ELU, chunks of 78,000 values
+    (`class_temb_size`, `class_emb_size`, `class_hnet_arch`, `class_hnet_act`,
+    `class_hyper_chunks`, `_set_default_permuted`)
+  - β = 0.1 for the output regulariser (`class_beta`, `_set_default_permuted`; the argparse default
+    0.01 is overridden), averaged over the previous tasks as ours
+  - Adam, lr 1e-4, batch 128, 5,000 iterations per task (`class_lr`, `batch_size`, `n_iter`,
+    `_set_default_permuted`): 5,000·128 / 60,000 ≈ 10.7 epochs, so 11
+  - look-ahead with the optimizer's (Adam's) virtual step (`use_sgd_change` off), first order
+    (`backprop_dt` off) (mnist/replay/train_args_replay.py)
+  - only the current task's embedding is trained; a new one is drawn from N(0, 1)
+    (`embedding_reset='normal'`), not copied from the previous task
+  - task inference by the lowest softmax entropy (HNET+ENT), temperature 1 (`soft_temp`,
+    mnist/train_args.py): reported beside the task-incremental accuracy (eval.task_inference)
+  - the rest of the recipe, and where ours still differs: `phn_jax.config.von_oswald_hnet`
+"""
+from phn_jax.config import base_config, von_oswald_hnet
+
+
+def get_config():
+    c = base_config("permuted_mnist")
+    c.model.num_classes = 10
+    return von_oswald_hnet(c, beta=0.1, lr=1e-4, epochs=11, mlp=(1000, 1000), image_size=32, embedding_dim=24,
+                           chunk_embedding_dim=8, hidden_dims=(25, 25), activation="elu", chunk_dim=78_000)

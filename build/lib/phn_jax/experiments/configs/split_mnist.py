@@ -1,0 +1,40 @@
+"""SplitMNIST (von Oswald et al., ICLR 2020): 5 experiences of 2 MNIST digits, 0/1, 2/3, 4/5, 6/7,
+8/9, as 28×28 images. `make split-mnist` (k = 0 and 21 epochs unless EPOCHS= says otherwise; the
+MLP has no frozen part, so FREEZE= other than 0 is a config error).
+
+Theirs, and ours with it: the settings of the reference implementation (github.com/chrhenning/hypercl),
+each with the file that sets it:
+  - stream: SplitMNIST, the digits in their natural order (data/special/split_mnist.py
+    `get_split_MNIST_handlers`: labels [i, i+1] for i = 0, 2, ..., 8), task-incremental (their CL
+    scenario 1)
+  - input: 28×28, no padding (`padding = 0`, mnist/train_args_default.py `_set_default_split`),
+    one channel, flattened to 784 values (mnist/train_utils.py `generate_classifier`: n_in = 28²);
+    pixels in [0, 1], no mean/std normalisation (data/mnist_data.py: images / 255)
+  - target network: fully connected 784-400-400-10 (`class_fc_arch = '400,400'`,
+    `_set_default_split`), ReLU (`dnet_act='relu'`, mnist/train_args.py), biases (mnets/mlp.py MLP:
+    use_bias=True), no normalisation layers, no dropout (ddropout_rate=-1, utils/cli_args.py)
+  - heads: one output layer of 2·5 units, head t = units 2t, 2t+1 (generate_classifier: n_out =
+    out_dim·num_tasks for CL1; mnist/train_splitMNIST.py: task_out = [t·out_dim, (t+1)·out_dim])
+  - chunked hypernetwork generating every target parameter, biases included: task embedding
+    e_t ∈ R^96, chunk embeddings c_i ∈ R^96, hidden layers 10-10 with ReLU, chunks of 42,000 values
+    (`class_temb_size`, `class_emb_size`, `class_hnet_arch`, `class_hnet_act`,
+    `class_hyper_chunks`, `_set_default_split`)
+  - β = 0.01 for the output regulariser (`class_beta`, `_set_default_split`), averaged over the
+    previous tasks as ours
+  - Adam, lr 1e-3, batch 128, 2,000 iterations per task (`class_lr`, `batch_size`, `n_iter`,
+    `_set_default_split`): 2,000·128 / ≈12,000 samples per task ≈ 21 epochs
+  - look-ahead with the optimizer's (Adam's) virtual step, first order (mnist/replay/train_args_replay.py)
+  - only the current task's embedding is trained; a new one is drawn from N(0, 1), not copied
+  - task inference by the lowest softmax entropy (HNET+ENT), temperature 1: reported beside the
+    task-incremental accuracy (eval.task_inference)
+  - the rest of the recipe, and where ours still differs: `phn_jax.config.von_oswald_hnet`
+"""
+from phn_jax.config import base_config, von_oswald_hnet
+
+
+def get_config():
+    c = base_config("split_mnist")
+    c.data.class_order = list(range(10))
+    c.model.num_classes = 2
+    return von_oswald_hnet(c, beta=0.01, lr=1e-3, epochs=21, mlp=(400, 400), image_size=28, embedding_dim=96,
+                           chunk_embedding_dim=96, hidden_dims=(10, 10), activation="relu", chunk_dim=42_000)

@@ -1,0 +1,455 @@
+"""The task-conditioned hypernetwork H_ψ: (ψ, task id t) -> ω, the weights of the stateless part h_ω.
+
+It knows its target only through the target's parameter shapes (a pytree of arrays or
+`jax.ShapeDtypeStruct`s, e.g. `jax.eval_shape` of an init), so it serves any h_ω, not only the
+ResNet of `phn_jax.models`. Structure (DESIGN §2, the reference implementation's facts):
+
+    e_t = E[t]                                   E ∈ R^{num_tasks × 32}   task embeddings
+    h   = ReLU(W2 · ReLU(W1 · e_t + b1) + b2)    32 -> 50 -> 32
+
+and one head per target tensor, chosen by its rank and name:
+
+  'conv'   rank-4 kernel [C_out, kh, kw, C_in] (OHWI): channel-wise generation. A learnable lookup
+           table c ∈ R^{C_out × d} and one linear map A ∈ R^{(32+d) × (kh·kw·C_in)} with bias b:
+               W[i] = reshape(A^T [h ; c_i] + b),   i = 1..C_out           (no output nonlinearity)
+           computed as (h^T A_h + b) + c A_c with A = [A_h ; A_c], the same value at a lower cost.
+  'linear' rank-2 weight (e.g. the classifier's [160, C]): W = reshape(A^T h + b), A ∈ R^{32 × |W|}.
+  'table'  rank-1 vectors (classifier bias, norm scale γ and bias β): a free per-task table
+           T ∈ R^{num_tasks × |v|}, v = T[t], not generated from the embedding; initialised to 1
+           for a norm scale and to 0 otherwise.
+
+Initialisation follows the reference code's PyTorch defaults: embeddings and lookup tables
+N(0, 1); linear maps and their biases U(±1/sqrt(fan_in)) (`dense_init='pytorch'`; 'xavier' is
+hypercl's, see DENSE_INITS).
+
+With C = 100 outputs and 20 tasks the parameter count equals the paper's Table 6 for every freeze
+depth (tests/test_hypernetwork.py).
+
+`ChunkedHypernetwork` (von Oswald et al. 2020, Fig. 1b) is the alternative to the per-tensor heads
+with the same interface; `build_hypernetwork(kind, ...)` makes either ('heads' | 'chunked').
+Both MLP trunks use the activation `activation` ('relu', the reference code's; or 'elu').
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from phn_jax.runtime import compiled_init, float_dtype, random_floats
+
+HEAD_KINDS = ("conv", "linear", "table")
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadSpec:
+    """One generated tensor: its '/'-joined path in h_ω's pytree, head kind, shape, table init."""
+
+    path: str
+    kind: str
+    shape: tuple[int, ...]
+    init: float = 0.0
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+
+def _target_leaves(target_shapes) -> list[tuple[str, tuple[int, ...], float]]:
+    """(path, shape, table init) of every leaf of a target pytree, in sorted path order.
+
+    The init is the value a per-task table of that leaf starts from: 1 for a norm scale, else 0.
+    """
+    leaves = []
+    for path, leaf in sorted(traverse_util.flatten_dict(target_shapes, sep="/").items()):
+        shape = tuple(int(d) for d in (leaf.shape if hasattr(leaf, "shape") else np.shape(leaf)))
+        leaves.append((path, shape, 1.0 if path.endswith("scale") else 0.0))
+    return leaves
+
+
+def target_heads(target_shapes) -> tuple[HeadSpec, ...]:
+    """The head of every leaf of a target pytree (nested dicts of arrays/ShapeDtypeStructs)."""
+    heads = []
+    for path, shape, init in _target_leaves(target_shapes):
+        kind = {4: "conv", 2: "linear", 1: "table"}.get(len(shape))
+        if kind is None:
+            raise ValueError(f"cannot generate target tensor {path!r} of shape {shape}: "
+                             "only rank-4 conv kernels, rank-2 weights and rank-1 vectors have heads")
+        heads.append(HeadSpec(path, kind, shape, init))
+    return tuple(heads)
+
+
+# How a dense layer y = x W + b (W [d_in, d_out]) of the hypernetwork starts:
+#   'pytorch': W, b ~ U(±1/sqrt(d_in)), PyTorch's `nn.Linear` default (the partial hypernetwork's reference code)
+#   'xavier':  W ~ U(±sqrt(6/(d_in + d_out))), b = 0, hypercl's `generate_classifier` (von Oswald et al.'s
+#              MNIST scripts: Xavier uniform for every matrix, zeros for every vector)
+DENSE_INITS = ("pytorch", "xavier")
+
+
+def _check_dense_init(dense_init: str) -> None:
+    if dense_init not in DENSE_INITS:
+        raise ValueError(f"unknown dense_init {dense_init!r}; use one of {DENSE_INITS}")
+
+
+def _dense_init_bounds(d_in: int, d_out: int, dense_init: str) -> tuple[float, float]:
+    """(weight bound, bias bound) of a dense layer d_in -> d_out: W ~ U(±a), b ~ U(±c) (c = 0: zeros)."""
+    _check_dense_init(dense_init)
+    if dense_init == "xavier":
+        return math.sqrt(6 / (d_in + d_out)), 0.0
+    return 1 / math.sqrt(d_in), 1 / math.sqrt(d_in)
+
+
+def _dense_init(key, d_in, d_out, dense_init: str):
+    a, c = _dense_init_bounds(d_in, d_out, dense_init)
+    kw, kb = jax.random.split(key)
+    return {"kernel": random_floats(jax.random.uniform, kw, (d_in, d_out), minval=-a, maxval=a),
+            "bias": random_floats(jax.random.uniform, kb, (d_out,), minval=-c, maxval=c) if c
+            else jnp.zeros((d_out,), float_dtype())}
+
+
+def output_sq_distances(omega_all, targets) -> jax.Array:
+    """d_j = ‖T_j − ω_j‖²₂ over the flattened leaves of two pytrees with a leading task axis: [num_tasks]."""
+    return sum(jnp.sum(jnp.square(t - o).reshape(o.shape[0], -1), axis=1)
+               for t, o in zip(jax.tree_util.tree_leaves(targets), jax.tree_util.tree_leaves(omega_all)))
+
+
+@jax.custom_vjp
+def gram(m: jax.Array) -> jax.Array:
+    """G = M Mᵀ for M [r, n]: [r, r]. Its VJP is written out, (Ḡ + Ḡᵀ) M, one [r, r] @ [r, n]
+    product: autodiff's two products Ḡ M and Ḡᵀ M run the second with a transposed left operand,
+    which XLA:CPU computes ~10x slower than the first."""
+    return m @ m.T
+
+
+gram.defvjp(lambda m: (m @ m.T, m), lambda m, g: ((g + g.T) @ m,))
+
+
+ACTIVATIONS = {"relu": jax.nn.relu, "elu": jax.nn.elu}
+
+
+def _check_activation(activation: str) -> None:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown hypernetwork activation {activation!r}; use one of {tuple(ACTIVATIONS)}")
+
+
+def _mlp_init(key, dims: tuple[int, ...], dense_init: str) -> list[dict]:
+    """Dense layers dims[0] -> dims[1] -> ... -> dims[-1]."""
+    return [_dense_init(k, a, b, dense_init) for k, a, b in zip(jax.random.split(key, len(dims) - 1), dims[:-1], dims[1:])]
+
+
+def _mlp_apply(layers, x, activation: str):
+    """act(... act(x W1 + b1) ... W_L + b_L): the activation after every layer."""
+    for layer in layers:
+        x = ACTIVATIONS[activation](x @ layer["kernel"] + layer["bias"])
+    return x
+
+
+def _mlp_num_params(dims: tuple[int, ...]) -> int:
+    return sum(a * b + b for a, b in zip(dims[:-1], dims[1:]))
+
+
+@dataclasses.dataclass(frozen=True)
+class Hypernetwork:
+    """H_ψ with per-tensor heads. A static, hashable description; `init` and `apply` are pure.
+
+    Params ψ: {'embeddings': [num_tasks, embedding_dim], 'mlp': [dense]*, 'heads': {path: ...}}.
+    """
+
+    heads: tuple[HeadSpec, ...]
+    num_tasks: int
+    embedding_dim: int = 32
+    hidden_dims: tuple[int, ...] = (50, 32)
+    head_embedding_dim: int = 32  # d, the width of the conv heads' lookup tables
+    activation: str = "relu"
+    dense_init: str = "pytorch"  # DENSE_INITS
+
+    def __post_init__(self):
+        _check_activation(self.activation)
+        _check_dense_init(self.dense_init)
+
+    @classmethod
+    def for_target(cls, target_shapes, num_tasks: int, **kwargs) -> "Hypernetwork":
+        return cls(heads=target_heads(target_shapes), num_tasks=num_tasks, **kwargs)
+
+    @compiled_init("self")
+    def init(self, key: jax.Array) -> dict[str, Any]:
+        k_emb, k_mlp, k_heads = jax.random.split(key, 3)
+        psi = {"embeddings": random_floats(jax.random.normal, k_emb, (self.num_tasks, self.embedding_dim)),
+               "mlp": _mlp_init(k_mlp, (self.embedding_dim,) + self.hidden_dims, self.dense_init),
+               "heads": {}}
+        h, d = self.hidden_dims[-1], self.head_embedding_dim
+        for head, k in zip(self.heads, jax.random.split(k_heads, len(self.heads))):
+            if head.kind == "conv":
+                k1, k2 = jax.random.split(k)
+                p = _dense_init(k1, h + d, head.size // head.shape[0], self.dense_init)
+                p["lookup"] = random_floats(jax.random.normal, k2, (head.shape[0], d))
+            elif head.kind == "linear":
+                p = _dense_init(k, h, head.size, self.dense_init)
+            else:
+                p = {"table": jnp.full((self.num_tasks,) + head.shape, head.init, float_dtype())}
+            psi["heads"][head.path] = p
+        return psi
+
+    def features(self, psi, task_id) -> jax.Array:
+        """h = MLP(E[t]): [hidden_dims[-1]] for a scalar task id, [T, hidden_dims[-1]] for a vector of T."""
+        return _mlp_apply(psi["mlp"], psi["embeddings"][task_id], self.activation)
+
+    def _factors(self, p, head: HeadSpec, h: jax.Array, task_id) -> tuple[jax.Array, jax.Array | None]:
+        """A head's output as ω = rows + shared, `rows` per task and `shared` the same for every task.
+
+        h: the features [..., n_h] of the task id(s) `task_id` (a scalar or a vector [T]); p: the head's params.
+            conv:    rows = h A_h + b [..., kh·kw·C_in],  shared = c A_c [C_out, kh·kw·C_in]  (W[i] = rows + shared[i])
+            linear:  rows = h A + b   [..., |W|],         shared = None
+            table:   rows = T[t]      [..., *shape],      shared = None
+        """
+        if head.kind == "conv":
+            n_h = h.shape[-1]
+            return h @ p["kernel"][:n_h] + p["bias"], p["lookup"] @ p["kernel"][n_h:]
+        if head.kind == "linear":
+            return h @ p["kernel"] + p["bias"], None
+        return p["table"][task_id], None
+
+    def apply(self, psi, task_id) -> dict[str, Any]:
+        """ω = H_ψ(t) for a scalar integer task id: exactly the pytree h_ω takes.
+
+        Vmappable over task ids: `jax.vmap(hnet.apply, in_axes=(None, 0))(psi, ids)` gives every
+        leaf a leading task axis.
+        """
+        h = self.features(psi, task_id)
+        out = {}
+        for head in self.heads:
+            rows, shared = self._factors(psi["heads"][head.path], head, h, task_id)
+            out[head.path] = (rows if shared is None else rows[None, :] + shared).reshape(head.shape)
+        return traverse_util.unflatten_dict(out, sep="/")
+
+    def snapshot(self, psi) -> dict[str, dict[str, jax.Array]]:
+        """The outputs H_ψ(j) of every task j in factored form (`_factors`), the targets T_j of the
+        look-ahead regulariser: {path: {'rows': [num_tasks, |ω| / C_out for conv heads, else |ω|],
+        'shared': [C_out, kh·kw·C_in] (conv heads only)}}.
+
+        A conv head's num_tasks·|ω| values are held in (num_tasks + C_out)·kh·kw·C_in.
+        """
+        ids = jnp.arange(self.num_tasks)
+        h = self.features(psi, ids)
+        out = {}
+        for head in self.heads:
+            rows, shared = self._factors(psi["heads"][head.path], head, h, ids)
+            out[head.path] = {"rows": rows.reshape(self.num_tasks, -1), **({} if shared is None else {"shared": shared})}
+        return out
+
+    def sq_distances(self, psi, targets) -> jax.Array:
+        """d_j = ‖H_ψ(j) − T_j‖²₂ for every task j: [num_tasks], against `targets` = `snapshot(ψ*)`.
+
+        Computed from the factors, without forming the num_tasks·|ω| outputs: with Δr_j = r_j − r*_j
+        and ΔS = S − S* [C_out, K] a conv head's difference is ω_j − T_j = 1 Δr_jᵀ + ΔS; with m = the
+        mean row of ΔS,
+            ‖1 Δr_jᵀ + ΔS‖²_F = C_out ‖Δr_j + m‖² + ‖ΔS − 1 mᵀ‖²_F          (sums of squares only)
+        and the other heads' is ‖Δr_j‖². The same values as `output_sq_distances` of the full outputs.
+        """
+        d = jnp.zeros(self.num_tasks)
+        for path, now in self.snapshot(psi).items():
+            dr = now["rows"] - targets[path]["rows"]
+            if "shared" in now:
+                ds = now["shared"] - targets[path]["shared"]
+                m = jnp.mean(ds, axis=0)
+                d = d + ds.shape[0] * jnp.sum(jnp.square(dr + m), axis=1) + jnp.sum(jnp.square(ds - m))
+            else:
+                d = d + jnp.sum(jnp.square(dr), axis=1)
+        return d
+
+    def num_params(self) -> int:
+        """|ψ|, from the static structure alone."""
+        n = self.num_tasks * self.embedding_dim + _mlp_num_params((self.embedding_dim,) + self.hidden_dims)
+        h, d = self.hidden_dims[-1], self.head_embedding_dim
+        for head in self.heads:
+            if head.kind == "conv":
+                per_channel = head.size // head.shape[0]
+                n += (h + d) * per_channel + per_channel + head.shape[0] * d
+            elif head.kind == "linear":
+                n += h * head.size + head.size
+            else:
+                n += self.num_tasks * head.size
+        return n
+
+
+@dataclasses.dataclass(frozen=True)
+class ChunkedHypernetwork:
+    """The chunked hypernetwork of von Oswald et al. (2020, Fig. 1b): one small MLP emits ω in chunks.
+
+    The target's generated tensors are flattened (sorted path order, row-major) and concatenated
+    into one vector of |ω_gen| values, cut into n_c = ⌈|ω_gen| / chunk_dim⌉ chunks. With learnable
+    chunk embeddings c_i ∈ R^{d_c} (i = 1..n_c, shared by all tasks):
+
+        e_t = E[t]                                            E ∈ R^{num_tasks × embedding_dim}
+        h_i = act(... act(W1 [e_t ; c_i] + b1) ...)           hidden_dims, e.g. 50 -> 32
+        v_i = W_out h_i + b_out ∈ R^{chunk_dim}               (no output nonlinearity)
+        ω_gen = unflatten((v_1 ; ... ; v_{n_c})[:|ω_gen|])
+
+    All chunks are one batched MLP call ([n_c, embedding_dim + d_c] -> [n_c, chunk_dim]), and the
+    whole map is vmappable over task ids.
+
+    Choice: rank-1 tensors (norm scale γ, bias β, classifier bias) stay free per-task tables as in
+    the per-tensor-heads version (`vectors_as_tables=True`, the default), so the two kinds differ
+    only in how the weight tensors are generated, and γ keeps its initial value 1. von Oswald et al.
+    generate everything, biases included: `vectors_as_tables=False`.
+
+    Initialisation: E, c ~ N(0, 1); dense layers as `dense_init` says (DENSE_INITS): 'pytorch'
+    (U(±1/sqrt(fan_in)), PyTorch's default) or 'xavier' (Xavier uniform, zero biases: hypercl's
+    `generate_classifier`, which von Oswald et al.'s MNIST results come from).
+
+    Params ψ: {'embeddings': [num_tasks, embedding_dim], 'chunk_embeddings': [n_c, d_c],
+    'mlp': [dense]* (hidden layers), 'output': dense [hidden_dims[-1], chunk_dim],
+    'tables': {path: [num_tasks, *shape]}}.
+
+    |ψ| = num_tasks·embedding_dim + Σ_l (d_{l-1}·d_l + d_l) [d_0 = embedding_dim + d_c]
+          + hidden_dims[-1]·chunk_dim + chunk_dim + n_c·d_c + num_tasks·Σ_tables |v|.
+    """
+
+    heads: tuple[HeadSpec, ...]  # kind 'chunk' (generated) or 'table' (per-task table)
+    num_tasks: int
+    embedding_dim: int = 32
+    hidden_dims: tuple[int, ...] = (50, 32)
+    chunk_dim: int = 4096
+    chunk_embedding_dim: int = 32
+    activation: str = "relu"
+    dense_init: str = "pytorch"  # DENSE_INITS
+
+    def __post_init__(self):
+        _check_activation(self.activation)
+        _check_dense_init(self.dense_init)
+        for name in ("chunk_dim", "chunk_embedding_dim", "embedding_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or value <= 0:
+                raise ValueError(f"chunked hypernetwork: {name} must be a positive integer, got {value!r}")
+        if not self.hidden_dims:
+            raise ValueError("chunked hypernetwork: hidden_dims must name at least one hidden layer")
+
+    @classmethod
+    def for_target(cls, target_shapes, num_tasks: int, vectors_as_tables: bool = True,
+                   **kwargs) -> "ChunkedHypernetwork":
+        heads = tuple(HeadSpec(path, "table" if vectors_as_tables and len(shape) == 1 else "chunk", shape, init)
+                      for path, shape, init in _target_leaves(target_shapes))
+        return cls(heads=heads, num_tasks=num_tasks, **kwargs)
+
+    @property
+    def num_generated(self) -> int:
+        """|ω_gen|: the number of values the chunks generate."""
+        return sum(h.size for h in self.heads if h.kind == "chunk")
+
+    @property
+    def num_chunks(self) -> int:
+        """n_c = ⌈|ω_gen| / chunk_dim⌉."""
+        return -(-self.num_generated // self.chunk_dim)
+
+    @compiled_init("self")
+    def init(self, key: jax.Array) -> dict[str, Any]:
+        k_emb, k_chunk, k_mlp, k_out = jax.random.split(key, 4)
+        return {
+            "embeddings": random_floats(jax.random.normal, k_emb, (self.num_tasks, self.embedding_dim)),
+            "chunk_embeddings": random_floats(jax.random.normal, k_chunk,
+                                              (self.num_chunks, self.chunk_embedding_dim)),
+            "mlp": _mlp_init(k_mlp, (self.embedding_dim + self.chunk_embedding_dim,) + self.hidden_dims,
+                             self.dense_init),
+            "output": _dense_init(k_out, self.hidden_dims[-1], self.chunk_dim, self.dense_init),
+            "tables": {h.path: jnp.full((self.num_tasks,) + h.shape, h.init, float_dtype())
+                       for h in self.heads if h.kind == "table"},
+        }
+
+    def hidden(self, psi, task_ids: jax.Array) -> jax.Array:
+        """h_ti, the last hidden layer for every chunk i of every task id of a vector [T]: [T, n_c, H].
+
+        The T·n_c inputs [e_t ; c_i] go through the MLP as one [T·n_c, ·] matrix, so that every
+        product, and its gradient, is a plain 2-D matmul (XLA:CPU's gradient of a [T, n_c, ·] @ [·, ·]
+        product contracts two axes at once, several times slower).
+        """
+        c, e = psi["chunk_embeddings"], psi["embeddings"][task_ids]
+        n_c, T = c.shape[0], e.shape[0]
+        x = jnp.concatenate([jnp.repeat(e, n_c, axis=0), jnp.tile(c, (T, 1))], axis=-1)  # [T·n_c, d_e + d_c]
+        return _mlp_apply(psi["mlp"], x, self.activation).reshape(T, n_c, -1)
+
+    def apply(self, psi, task_id) -> dict[str, Any]:
+        """ω = H_ψ(t) for a scalar integer task id: exactly the pytree h_ω takes (vmappable over t)."""
+        h = self.hidden(psi, jnp.reshape(task_id, (1,)))[0]
+        flat = (h @ psi["output"]["kernel"] + psi["output"]["bias"]).reshape(-1)  # [n_c · chunk_dim]
+        out, offset = {}, 0
+        for head in self.heads:
+            if head.kind == "table":
+                out[head.path] = psi["tables"][head.path][task_id]
+            else:
+                out[head.path] = flat[offset:offset + head.size].reshape(head.shape)
+                offset += head.size
+        return traverse_util.unflatten_dict(out, sep="/")
+
+    def snapshot(self, psi) -> dict[str, Any]:
+        """The outputs H_ψ(j) of every task j, the targets T_j of the look-ahead regulariser, in
+        factored form: v*_ji = W*_out h*_ji + b*_out is kept as {'hidden': h*_ji [num_tasks, n_c, H],
+        'output': (W*_out [H, chunk_dim], b*_out [chunk_dim]), 'tables': {path: [num_tasks, *shape]}}:
+        (num_tasks·n_c + chunk_dim)·H values, not num_tasks·|ω_gen|."""
+        return {"hidden": self.hidden(psi, jnp.arange(self.num_tasks)), "output": psi["output"],
+                "tables": psi["tables"]}
+
+    def sq_distances(self, psi, targets) -> jax.Array:
+        """d_j = ‖H_ψ(j) − T_j‖²₂ for every task j: [num_tasks], against `targets` = `snapshot(ψ*)`,
+        without forming the num_tasks·|ω_gen| outputs. Chunk i of task j differs from its target by
+
+            v_ji − v*_ji = W Δh_ji + ΔW h*_ji + Δb = M u_ji,   M = [W ; ΔW ; Δb] [2H+1, chunk_dim] (rows),
+            u_ji = [Δh_ji ; h*_ji ; 1],   Δh = h − h*,  ΔW = W − W*,  Δb = b − b*
+
+        so ‖v_ji − v*_ji‖² = u_jiᵀ G u_ji with G = M Mᵀ [2H+1, 2H+1]: one product over the chunk
+        values for all tasks (`gram`), instead of one per task. The last chunk counts only its
+        first |ω_gen| − (n_c − 1)·chunk_dim values, those `apply` keeps: its differences are
+        formed (M[:, :kept]ᵀ u), not its Gram matrix. The tables add ‖ΔT_j‖². Every factor is a
+        difference taken directly (Δh, ΔW, Δb), so the gradient is as exact in float32 as the
+        outputs' own difference; the value (logged) carries the rounding of G, relative
+        eps·‖M‖²‖u‖² / ‖M u‖². The same values as `output_sq_distances` of the full outputs.
+        """
+        h, h_star = self.hidden(psi, jnp.arange(self.num_tasks)), targets["hidden"]
+        w, b = psi["output"]["kernel"], psi["output"]["bias"]
+        m = jnp.concatenate([w, w - targets["output"]["kernel"], (b - targets["output"]["bias"])[None]])
+        u = jnp.concatenate([h - h_star, h_star, jnp.ones(h.shape[:2] + (1,), h.dtype)], axis=-1)  # [T, n_c, 2H+1]
+        whole = u[:, :-1].reshape(-1, u.shape[-1])  # every chunk but the last: [T·(n_c − 1), 2H+1]
+        d = jnp.sum((whole @ gram(m)) * whole, axis=-1).reshape(self.num_tasks, -1).sum(axis=1)
+        kept = self.num_generated - (self.num_chunks - 1) * self.chunk_dim
+        d = d + jnp.sum(jnp.square(u[:, -1] @ m[:, :kept]), axis=-1)
+        return d + output_sq_distances(psi["tables"], targets["tables"]) if self.num_tables else d
+
+    @property
+    def num_tables(self) -> int:
+        return sum(h.kind == "table" for h in self.heads)
+
+    def num_params(self) -> int:
+        """|ψ| (the formula of the class docstring), from the static structure alone."""
+        d_c = self.chunk_embedding_dim
+        return (self.num_tasks * self.embedding_dim
+                + _mlp_num_params((self.embedding_dim + d_c,) + self.hidden_dims)
+                + self.hidden_dims[-1] * self.chunk_dim + self.chunk_dim + self.num_chunks * d_c
+                + self.num_tasks * sum(h.size for h in self.heads if h.kind == "table"))
+
+
+HNET_KINDS = ("heads", "chunked")
+# The options of each kind besides the target and the number of tasks.
+_KIND_OPTIONS = {
+    "heads": ("embedding_dim", "hidden_dims", "head_embedding_dim", "activation", "dense_init"),
+    "chunked": ("embedding_dim", "hidden_dims", "chunk_dim", "chunk_embedding_dim", "activation",
+                "vectors_as_tables", "dense_init"),
+}
+
+
+def build_hypernetwork(kind: str, target_shapes, num_tasks: int, **options):
+    """H_ψ of `kind` ('heads': `Hypernetwork`; 'chunked': `ChunkedHypernetwork`) for a target.
+
+    `options` may hold the options of both kinds (e.g. all of `config.hnet`); each kind takes its
+    own (`_KIND_OPTIONS`) and ignores the other's. An option of neither kind is an error.
+    """
+    if kind not in HNET_KINDS:
+        raise ValueError(f"unknown hypernetwork kind {kind!r}; use one of {HNET_KINDS}")
+    unknown = sorted(set(options) - {o for opts in _KIND_OPTIONS.values() for o in opts})
+    if unknown:
+        raise ValueError(f"unknown hypernetwork option(s) {unknown}; the options of each kind: {_KIND_OPTIONS}")
+    cls = Hypernetwork if kind == "heads" else ChunkedHypernetwork
+    kwargs = {k: tuple(v) if k == "hidden_dims" else v for k, v in options.items() if k in _KIND_OPTIONS[kind]}
+    return cls.for_target(target_shapes, num_tasks, **kwargs)

@@ -1,0 +1,130 @@
+"""The output regulariser of the hypernetwork and the look-ahead gradient (Hemati et al. §3, Eqs. 7-10;
+von Oswald et al. 2020).
+
+    L_H(ψ) = (1/|S|) Σ_{j∈S} ‖T_j − H_ψ(j)‖²₂          T_j = H_ψ*(j), ψ* the snapshot before the experience
+
+(reduce='mean', the reference code's average over the regularised tasks S; reduce='sum' drops
+the 1/|S|, the paper's Eq. 7: Σ_{j<t} ‖T_j − H_ψ(j)‖²₂, which grows with the number of tasks.)
+
+Look-ahead with the cross-entropy L_CE of the current batch:
+
+    g1 = ∇ψ L_CE(ψ)                                   (Eq. 8)
+    ψ' = ψ − α g1            lookahead_step='sgd'     (the reference code: a plain SGD step, α = lr)
+    ψ' = ψ + Δ(g1)           lookahead_step='optimizer' (von Oswald et al.: the optimizer's update,
+                                                     its state not advanced)
+    g2 = ∇ψ [β L_H(ψ')]                               (Eq. 9)
+    order='first':  g1 is a constant in ψ', so g2 = β ∇L_H(ψ') (∂ψ'/∂ψ = I)
+    order='second': g2 differentiates through g1 exactly (jax.grad of a function that calls
+                    jax.grad), g2 = (I − α ∇²L_CE(ψ)) β ∇L_H(ψ') for the SGD step
+    g = g1 + g2              combine='sum'  (the reference code: one backward of L_CE + β L_H(ψ'))
+    g = (g1 + g2) / 2        combine='mean' (the paper's Eq. 10)
+    order='none':   no look-ahead, g = ∇ψ [L_CE(ψ) + β L_H(ψ)] = g1 + β ∇L_H(ψ) (combine ignored).
+
+Through Adam the second order needs `eps_root > 0` (the derivative of √v at v = 0 is infinite).
+"""
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from phn_jax.runtime import float_dtype
+
+ORDERS = ("none", "first", "second")
+COMBINES = ("sum", "mean")
+LOOKAHEAD_STEPS = ("sgd", "optimizer")
+REG_REDUCES = ("mean", "sum")
+
+
+def output_regularizer(sq_distances: jax.Array, weights: jax.Array) -> jax.Array:
+    """L_H = Σ_j w_j ‖T_j − H_ψ(j)‖²₂ from the distances d_j = ‖T_j − H_ψ(j)‖²₂ of every task j.
+
+    sq_distances [num_tasks]: the hypernetwork's `sq_distances(ψ, targets)` (or
+    `hypernetwork.output_sq_distances` of full outputs); weights [num_tasks]: 1/|S| for the
+    regularised tasks S, 0 for the others.
+    """
+    return jnp.sum(weights * sq_distances)
+
+
+def regularized_task_weights(key: jax.Array, task_id: jax.Array, num_tasks: int, subset: int = 0,
+                             reduce: str = "mean") -> jax.Array:
+    """[num_tasks] weights on S ⊆ {j < task_id}, 0 elsewhere: 1/|S| (reduce='mean', the reference
+    code) or 1 (reduce='sum', the paper's Eq. 7).
+
+    subset = 0: S is every previous task; subset = n > 0: a uniformly random subset of
+    min(n, task_id) previous tasks (the reference code's `hnet_reg_ntasks`), drawn with `key`.
+    """
+    prev = jnp.arange(num_tasks) < task_id
+    if subset > 0:
+        scores = jnp.where(prev, jax.random.uniform(key, (num_tasks,), jnp.float32), jnp.inf)
+        rank = jnp.argsort(jnp.argsort(scores))
+        prev = prev & (rank < subset)
+    if reduce not in REG_REDUCES:
+        raise ValueError(f"reduce must be one of {REG_REDUCES}, got {reduce!r}")
+    return prev / jnp.maximum(prev.sum(), 1) if reduce == "mean" else prev.astype(float_dtype())
+
+
+def tree_cosine(a, b) -> jax.Array:
+    """cos(a, b) of two pytrees seen as flat vectors (0 when either is zero)."""
+    dot = sum(jnp.vdot(x, y) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+    norm = optax.global_norm(a) * optax.global_norm(b)
+    return jnp.where(norm > 0, dot / jnp.where(norm > 0, norm, 1.0), 0.0)
+
+
+class LookaheadResult(NamedTuple):
+    grad: object        # g, the gradient to apply, same pytree as ψ
+    g1: object          # ∇L_CE(ψ)
+    g2: object          # ∇[β L_H(ψ')] (order='none': β ∇L_H(ψ))
+    ce: jax.Array       # L_CE(ψ)
+    reg: jax.Array      # L_H(ψ') (L_H(ψ) for order='none')
+    aux: object         # the cross-entropy function's aux output at ψ
+    cos: jax.Array      # cos(g1, g2), logged (negative: the paper's Fig. 12)
+
+
+def lookahead_gradient(ce_fn: Callable, reg_fn: Callable, psi, *, beta: float, order: str = "first",
+                       combine: str = "sum", virtual_step: Callable | None = None) -> LookaheadResult:
+    """The look-ahead gradient of the module docstring.
+
+    ce_fn(ψ) -> (L_CE, aux); reg_fn(ψ) -> L_H; virtual_step(ψ, g1) -> ψ' (default: SGD with α = 1e-3,
+    see `sgd_step` / `optimizer_step`). `order`, `combine` are static.
+    """
+    if order not in ORDERS or combine not in COMBINES:
+        raise ValueError(f"order must be one of {ORDERS} and combine one of {COMBINES}; got {order!r}, {combine!r}")
+    virtual_step = virtual_step or sgd_step(1e-3)
+    if order == "none":  # g = ∇L_CE(ψ) + β ∇L_H(ψ): the regulariser at ψ itself
+        (ce, aux), g1 = jax.value_and_grad(ce_fn, has_aux=True)(psi)
+        reg, g_reg = jax.value_and_grad(reg_fn)(psi)
+        g2 = jax.tree_util.tree_map(lambda g: beta * g, g_reg)
+        g = jax.tree_util.tree_map(jnp.add, g1, g2)
+        return LookaheadResult(g, g1, g2, ce, reg, aux, tree_cosine(g1, g2))
+
+    def regularizer_at_lookahead(p):
+        (ce, aux), g1 = jax.value_and_grad(ce_fn, has_aux=True)(p)
+        reg = reg_fn(virtual_step(p, g1))
+        return beta * reg, (ce, aux, g1, reg)
+
+    if order == "second":
+        g2, (ce, aux, g1, reg) = jax.grad(regularizer_at_lookahead, has_aux=True)(psi)
+    else:  # ∂ψ'/∂ψ = I with g1 held constant: differentiate L_H at ψ' directly
+        (ce, aux), g1 = jax.value_and_grad(ce_fn, has_aux=True)(psi)
+        psi_prime = virtual_step(psi, jax.lax.stop_gradient(g1))
+        reg, g2 = jax.value_and_grad(reg_fn)(psi_prime)
+        g2 = jax.tree_util.tree_map(lambda g: beta * g, g2)
+    scale = 0.5 if combine == "mean" else 1.0
+    g = jax.tree_util.tree_map(lambda a, b: scale * (a + b), g1, g2)
+    return LookaheadResult(g, g1, g2, ce, reg, aux, tree_cosine(g1, g2))
+
+
+def sgd_step(lr: float) -> Callable:
+    """ψ' = ψ − α g1 (the reference code's virtual step)."""
+    return lambda p, g: jax.tree_util.tree_map(lambda x, y: x - lr * y, p, g)
+
+
+def optimizer_step(optimizer: optax.GradientTransformation, opt_state) -> Callable:
+    """ψ' = ψ + Δ with Δ the update `optimizer` would make from `opt_state`; the state is not advanced."""
+    def step(p, g):
+        updates, _ = optimizer.update(g, opt_state, p)
+        return optax.apply_updates(p, updates)
+    return step
