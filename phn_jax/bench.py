@@ -8,7 +8,7 @@ Every figure is measured in this one run, on this machine, so the ratios it prin
 first order, S seeds over one) compare like with like; machines are noisy: compare ratios and
 medians, never a lone absolute time.
 
-What is timed is `phn_jax.train.train_epoch` on one batch (one step: preprocessing, augmentation
+What is timed is `phn_jax.programs.train_epoch` on one batch (one step: preprocessing, augmentation
 and the strategy's step inside jit, exactly as a run calls it), on a synthetic stream of the
 paper's shapes: 20 experiences of 5 classes, 32×32×3 uint8 images, batch 64, slim ResNet-18
 (nf = 20), 10 outputs per head. Look-ahead steps are experience 2's (t = 1; the regulariser costs
@@ -69,7 +69,7 @@ from typing import Callable
 import jax
 import numpy as np
 
-from phn_jax import checkpoint
+from phn_jax import checkpoint, programs, run_setup
 from phn_jax import config as config_lib
 from phn_jax import data, metrics, models, report, runtime, train
 
@@ -154,7 +154,7 @@ def _cost(compiled) -> tuple[float | None, float | None]:
     return flops, mb
 
 
-def _batch(s: train.Setup, t: int, batch: int):
+def _batch(s: run_setup.Setup, t: int, batch: int):
     """Experience t's first `batch` training images of each seed (one step), replicated."""
     def one(stream):
         e = stream.experiences[t]
@@ -199,17 +199,17 @@ def time_interleaved(programs: list[Program], steps: int, rounds: int = ROUNDS, 
 def step_program(name: str, config, t: int) -> Program:
     """The training step of experience t of `config` (one batch of config.train.batch_size per call of
     `train_epoch`), compiled."""
-    s = train.setup(config)
-    k_init, _ = train.split_key(s.key())
-    state = train.init_state(k_init, strategy=s.strategy, seed_axis=s.seed_axis)
-    state = train.begin_experience(state, t, strategy=s.strategy, seed_axis=s.seed_axis)
+    s = run_setup.setup(config)
+    k_init, _ = programs.split_key(s.key())
+    state = programs.init_state(k_init, strategy=s.strategy, seed_axis=s.seed_axis)
+    state = programs.begin_experience(state, t, strategy=s.strategy, seed_axis=s.seed_axis)
     carry = [runtime.replicate(state, s.mesh)]
     batch = config.train.batch_size
     arrays = _batch(s, t, batch)
-    key = train.fold_in(s.key(), 7)
+    key = programs.fold_in(s.key(), 7)
     kwargs = dict(strategy=s.strategy, spec=s.stream.experiences[t].preprocess, batch_size=batch, first=s.first(t),
                   mesh=s.mesh, seed_axis=s.seed_axis)
-    compiled, cold, warm = _compile(train.train_epoch, (carry[0], *arrays, t, key), kwargs)
+    compiled, cold, warm = _compile(programs.train_epoch, (carry[0], *arrays, t, key), kwargs)
 
     def step() -> float:
         tic = time.perf_counter()
@@ -224,20 +224,20 @@ def step_program(name: str, config, t: int) -> Program:
 
 def eval_program(name: str, config) -> Program:
     """Evaluation after the last experience: every task's test set, ω of all tasks generated once."""
-    s = train.setup(config)
-    k_init, _ = train.split_key(s.key())
-    state = runtime.replicate(train.init_state(k_init, strategy=s.strategy, seed_axis=s.seed_axis), s.mesh)
-    tests = train._test_sets(s)
+    s = run_setup.setup(config)
+    k_init, _ = programs.split_key(s.key())
+    state = runtime.replicate(programs.init_state(k_init, strategy=s.strategy, seed_axis=s.seed_axis), s.mesh)
+    tests = run_setup.test_sets(s)
     kwargs = dict(strategy=s.strategy, spec=s.stream.experiences[0].preprocess, batch_size=256, mesh=s.mesh,
                   seed_axis=s.seed_axis)
     key = s.key()
     x, y, n = tests[0]
-    compiled, cold, warm = _compile(train.evaluate, (state, train.eval_context(state, strategy=s.strategy, seed_axis=None), x, y, n, 0,
+    compiled, cold, warm = _compile(programs.evaluate, (state, programs.eval_context(state, strategy=s.strategy, seed_axis=None), x, y, n, 0,
                                                      key), kwargs)
 
     def step() -> float:
         tic = time.perf_counter()
-        context = train.eval_context(state, strategy=s.strategy, seed_axis=None)
+        context = programs.eval_context(state, strategy=s.strategy, seed_axis=None)
         jax.block_until_ready([compiled(state, context, x, y, n, j, key) for j, (x, y, n) in enumerate(tests)])
         return time.perf_counter() - tic
 
@@ -252,9 +252,9 @@ def checkpoint_programs(directory: Path, config=None) -> list[Program]:
     """A save with its checksums, the checksums alone, a verified restore and the verification alone,
     of the initial state of `config` (None: HN-0's at the paper's sizes, `bench_config("hn", 0)`), in
     `directory`."""
-    s = train.setup(config or bench_config("hn", 0))
-    k_init, _ = train.split_key(s.key())
-    state = runtime.replicate(train.init_state(k_init, strategy=s.strategy, seed_axis=s.seed_axis), s.mesh)
+    s = run_setup.setup(config or bench_config("hn", 0))
+    k_init, _ = programs.split_key(s.key())
+    state = runtime.replicate(programs.init_state(k_init, strategy=s.strategy, seed_axis=s.seed_axis), s.mesh)
     mngr = checkpoint.manager(directory)
     meta, step = {"config": {}, "progress": {}}, [0]
     mb = sum(np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(state)) / 1e6
@@ -392,7 +392,7 @@ def cases(parts) -> list[list[tuple[str, object, int]]]:
         for t, what in ((1, "HN-3 first"), (0, "HN-3 experience 1")):
             out.append([(f"{what}, 1 seed", bench_config("hn", 3), t)] + [
                 (f"{what}, {n} seeds {axis}", bench_config("hn", 3, "first", tuple(range(n)), axis), t)
-                for n in (3, 8) for axis in train.SEED_AXES])
+                for n in (3, 8) for axis in programs.SEED_AXES])
     if "mnist" in parts:
         for title, name in MNIST_CONFIGS.items():
             c = mnist_config(name)
@@ -480,7 +480,7 @@ def ratios(timings: list[Timing]) -> dict[str, float]:
     for what in ("HN-3 first", "HN-3 experience 1"):
         one = by.get(f"{what}, 1 seed")
         for n in (3, 8):
-            for axis in train.SEED_AXES:
+            for axis in programs.SEED_AXES:
                 many = by.get(f"{what}, {n} seeds {axis}")
                 if one and many:
                     out[f"{what}: {n} seeds ({axis}) / 1 seed (images/s)"] = many.images_per_s / one.images_per_s

@@ -140,7 +140,7 @@ def _errors_file(workdir: str, config, err: BaseException) -> Path | None:
     nowhere (the other errors come before anything that prints, and write nothing)."""
     if not (_disk_full(err) or isinstance(err, checkpoint.NoIntactCheckpointError)):
         return None
-    where = train.RunDirs.of(workdir, tuple(config.seeds)).workdir
+    where = rundir.RunDirs.of(workdir, tuple(config.seeds)).workdir
     return where / checkpoint.ERRORS_FILE if where.is_dir() else None
 
 
@@ -151,7 +151,7 @@ def run_or_exit(config, workdir: str, *, resume: bool, debug: bool = False):
     try:
         return train.train_and_evaluate(config, workdir, resume=resume)
     except rundir.Interrupted as stop:
-        where = train.RunDirs.of(workdir, tuple(config.seeds)).workdir
+        where = rundir.RunDirs.of(workdir, tuple(config.seeds)).workdir
         print(f"{stop}: a checkpoint is saved in {where}. Resume with the same command and --resume "
               "(make ... RESUME=1).", file=sys.stderr)
         sys.exit(stop.exit_code)

@@ -15,7 +15,7 @@ A row takes one configuration (`_find`): a finished one (every seed completed it
 the paper's streams one at the paper's settings (β, epochs, buffer size, ...: PAPER_SETTINGS, one
 table); where several qualify, the one with the most seeds, the row's name saying the settings that
 tell it apart. Every other configuration found for the row is named under the table, with why. A
-multi-seed program's seeds each count their share of its time (`train.Progress`).
+multi-seed program's seeds each count their share of its time (`progress.Progress`).
 
 `paper_results.csv` holds the published numbers (Hemati et al., CoLLAs 2023, Tables 1, 2, 4, 5, 6),
 typed from the paper's text, one row per cell: table, the paper's row label, stream, method,

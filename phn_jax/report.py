@@ -12,7 +12,7 @@ Layout of ``workdir`` (file names are the module constants below)::
     accuracy_matrix.png      heatmap of R
     accuracy_over_stream.png accuracy of each experience j over the stream (i >= j)
     log.txt                  appended log of the run
-    events.out.tfevents.*    TensorBoard scalars (phn_jax.train.Events)
+    events.out.tfevents.*    TensorBoard scalars (`Events`, below)
 
 A multi-seed run (``config.seeds``) writes the above for each seed in that seed's directory, and
 in its own workdir the checkpoints, the log, and the aggregate over seeds: ``aggregate.json``
@@ -443,3 +443,36 @@ def write_aggregate(workdir: str | os.PathLike, aggregate: Mapping[str, Any]) ->
     workdir = Path(workdir)
     return [write_json(workdir / AGGREGATE_JSON, aggregate),
             _write_text(workdir / AGGREGATE_MD, aggregate_markdown(aggregate))]
+
+
+class Events:
+    """TensorBoard event files in each seed's results directory (process 0; tensorboardX, no
+    TensorFlow; `tensorboard --logdir runs/`). Step = epochs completed over the run (the checkpoint
+    step). Per epoch: train/loss, train/ce, train/reg, train/cos_g1_g2, train/accuracy; per
+    experience: test/accuracy/experience_<j> for every experience seen and test/aca. A resumed run
+    purges the events after its checkpoint's step (`purge_step`), which it writes again."""
+
+    TRAIN = ("loss", "ce", "reg", "cos_g1_g2", "train_accuracy")
+
+    def __init__(self, results: tuple[Path, ...], purge_step: int | None, enabled: bool):
+        self.writers = [event_writer(d, purge_step) for d in results] if enabled else []
+
+    def epoch(self, rows: list[dict], step: int) -> None:
+        for w, row in zip(self.writers, rows):
+            for k in self.TRAIN:
+                w.add_scalar("train/" + k.removeprefix("train_"), row[k], step)
+
+    def experience(self, progress: list, summaries: list[dict], step: int) -> None:
+        for w, p, summary in zip(self.writers, progress, summaries):
+            t = p.experience - 1
+            for j in range(t + 1):
+                w.add_scalar(f"test/accuracy/experience_{j}", p.R[t, j], step)
+            w.add_scalar("test/aca", summary["aca"], step)
+
+    def flush(self) -> None:
+        for w in self.writers:
+            w.flush()
+
+    def close(self) -> None:
+        for w in self.writers:
+            w.close()

@@ -1,4 +1,7 @@
-"""The run directory's owner and the run's stop requests.
+"""The run directory: its owner (the lock), where a run writes (`RunDirs`: each seed's results
+directory and the group's, marked by group.json), the checks that keep a run from overwriting
+another's, the files a run writes first (`write_run_files`), the frozen part read from another run's
+directory (`load_frozen_part`), and the run's stop requests.
 
 One writer per run directory: a run holds `workdir/run.lock` for its whole life, a JSON file created
 with O_EXCL (atomic on local and network file systems) that names its holder beyond a pid: host,
@@ -20,6 +23,7 @@ atomically (a temporary file or directory, then a rename), so nothing is left ha
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import json
 import os
@@ -30,6 +34,11 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+
+import jax
+
+from phn_jax import checkpoint, models, report, runtime
+from phn_jax.checkpoint import CheckpointError
 
 LOCK_FILE = "run.lock"
 
@@ -219,3 +228,113 @@ def ensure_writable(workdir: str | os.PathLike, inside: tuple[str, ...] = ()) ->
                                f"resume moves damaged ones aside): change its permissions (chmod -R u+w {d}) or "
                                "its mount, then run the same command again")
     return workdir
+
+
+@dataclasses.dataclass(frozen=True)
+class RunDirs:
+    """Where a run writes. `workdir`: checkpoints, log and lock (and a multi-seed run's aggregate,
+    `aggregate.json` and `aggregate.md`); `results`: each seed's results directory, the run directory
+    that seed would have alone (config, stream, metrics, plots, history).
+
+    A single run: results = (workdir,). A multi-seed run: `--workdir runs/x/hn3_seed{seed}` puts
+    seed s's results in runs/x/hn3_seed<s> and the group in runs/x/hn3_seeds0-1-2 (seeds 0, 1, 2);
+    a workdir without `{seed}` holds the group, and seed s's results in <workdir>/seed<s>.
+    """
+
+    workdir: Path
+    results: tuple[Path, ...]
+
+    @classmethod
+    def of(cls, workdir: str | Path, seeds: tuple[int, ...]) -> "RunDirs":
+        workdir = str(workdir)
+        if not seeds:
+            return cls(Path(workdir), (Path(workdir),))
+        template = workdir if "{seed}" in workdir else str(Path(workdir) / "seed{seed}")
+        group = workdir.replace("{seed}", "s" + "-".join(map(str, seeds)))
+        return cls(Path(group), tuple(Path(template.replace("{seed}", str(s))) for s in seeds))
+
+    @property
+    def grouped(self) -> bool:
+        return self.results != (self.workdir,)
+
+    def all(self) -> tuple[Path, ...]:
+        return (self.workdir,) + self.results if self.grouped else (self.workdir,)
+
+
+# A multi-seed run's mark in each seed's results directory: which run wrote it.
+GROUP_JSON = "group.json"
+
+
+def check_dirs(dirs: RunDirs, resume: bool) -> None:
+    """Refuses results directories that hold another run: a seed's directory with checkpoints of its
+    own or (without --resume) results; a single run's workdir that a multi-seed run writes."""
+    for d in dirs.results:
+        group = d / GROUP_JSON
+        if dirs.grouped and (d / checkpoint.CHECKPOINT_DIR).exists():
+            raise FileExistsError(f"{d} holds a run of its own (checkpoints); a multi-seed run would overwrite its "
+                                  "results: choose another --workdir")
+        if dirs.grouped and not resume and (d / report.METRICS_JSON).exists():
+            raise FileExistsError(f"{d} already holds results; pass --resume (RESUME=1) to continue the multi-seed "
+                                  "run that wrote them, or choose another --workdir")
+        if not dirs.grouped and group.exists():
+            raise FileExistsError(f"{d} holds one seed's results of the multi-seed run in "
+                                  f"{json.loads(group.read_text())['workdir']}: resume that run with its seeds, or "
+                                  "choose another --workdir")
+
+
+def load_frozen_part(source: str | Path, freeze_depth: int) -> dict:
+    """The stem and stages 1..k (k = freeze_depth) from the newest checkpoint of the phn_jax run in
+    `source`: an HN run's φ (frozen since its first experience), any other strategy's network
+    parameters (a Joint run: the multitask pretraining); one seed's directory of a multi-seed run
+    gives that seed's slice of its group's checkpoint. Host arrays, {module: params}. CheckpointError
+    if the run has no checkpoint, has not finished an experience, or lacks one of the modules."""
+    directory, index = Path(source), None
+    if (directory / GROUP_JSON).is_file():
+        group = json.loads((directory / GROUP_JSON).read_text())
+        directory, index = Path(group["workdir"]), list(group["seeds"]).index(group["seed"])
+    step, state, meta = checkpoint.read_latest(directory)
+    progress = meta["progress"]  # (one seed's, or a list of each seed's: `progress.progress_json`)
+    if (progress[0] if isinstance(progress, list) else progress)["experience"] < 1:
+        raise CheckpointError(f"the run in {directory} has not finished its first experience (checkpoint step "
+                              f"{step}): its frozen part is not trained yet")
+    params = state.get("phi", state.get("params", {}))
+    names = models.part_names(freeze_depth)[0]
+    missing = [n for n in names if n not in params]
+    if missing:
+        raise CheckpointError(f"the run in {directory} has no {', '.join(missing)} (it has {', '.join(sorted(params))}): "
+                              f"freeze depth {freeze_depth} needs a run that trained stem and stages 1..{freeze_depth} "
+                              "(an HN or LR run at a depth ≥ it, or Naive, EWC, Joint)")
+    part = {n: params[n] for n in names}
+    return part if index is None else jax.tree_util.tree_map(lambda a: a[index], part)
+
+
+@contextlib.contextmanager
+def own(dirs: RunDirs):
+    """Process 0 creates the run's directories and holds their locks; every process learns whether it did."""
+    failure = None
+    with contextlib.ExitStack() as stack:
+        if runtime.is_main_process():
+            try:
+                for d in dirs.all():
+                    ensure_writable(d, (checkpoint.CHECKPOINT_DIR, checkpoint.DAMAGED_DIR))
+                    stack.enter_context(lock(d))
+            except (WorkdirError, RunLockedError) as err:
+                failure = err
+        if runtime.agree(failure is not None, False)[0]:
+            raise failure or RunLockedError(f"process 0 could not take the run directory {dirs.workdir}")
+        yield
+
+
+def write_run_files(dirs: RunDirs, config, configs, streams, topology: runtime.Topology) -> None:
+    """The run's config, each seed's (`configs`) with its stream and the runtime into each results
+    directory (and a multi-seed run's mark, group.json); the config and runtime into the group's workdir."""
+    seeds = tuple(c.seed for c in configs)
+    for d, c, stream in zip(dirs.results, configs, streams):
+        report.write_config(d, c)
+        report.write_json(d / "stream.json", stream.describe())
+        report.write_json(d / "runtime.json", dataclasses.asdict(topology))
+        if dirs.grouped:
+            report.write_json(d / GROUP_JSON, {"workdir": str(dirs.workdir), "seed": c.seed, "seeds": seeds})
+    if dirs.grouped:
+        report.write_config(dirs.workdir, config)
+        report.write_json(dirs.workdir / "runtime.json", dataclasses.asdict(topology))

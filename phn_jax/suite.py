@@ -34,14 +34,13 @@ import itertools
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 import jax
 import ml_collections
 
 from phn_jax import config as config_lib
 from phn_jax import main as cli
-from phn_jax import report, runtime, train
+from phn_jax import report, rundir, runtime
 from phn_jax.data import DatasetNotFoundError, check_datasets
 from phn_jax.data.streams import TRANSFER_CHOICES, TRANSFER_DATASETS
 
@@ -95,8 +94,8 @@ class Entry:
     workdir: str
 
     @property
-    def dirs(self) -> train.RunDirs:
-        return train.RunDirs.of(self.workdir, tuple(self.config.seeds))
+    def dirs(self) -> rundir.RunDirs:
+        return rundir.RunDirs.of(self.workdir, tuple(self.config.seeds))
 
     def describe(self) -> str:
         seeds = tuple(self.config.seeds) or (self.config.seed,)

@@ -11,7 +11,7 @@ import optax
 import pytest
 
 from arrays import normal
-from phn_jax import data, models, train
+from phn_jax import data, models, run_setup
 from phn_jax.config import base_config
 from phn_jax.strategies import EWC, LatentReplay, MultiHeadResNet, create_strategy
 from phn_jax.strategies.base import TrainData, masked_cross_entropy
@@ -271,12 +271,12 @@ def _stream():
 
 def test_joint_trains_on_the_union_with_task_ids():
     stream = _stream()
-    images, labels, tasks, spec = train._training_set(stream, 1, cumulative=True)
+    images, labels, tasks, spec = run_setup._training_set(stream, 1, cumulative=True)
     e0, e1 = stream.experiences[:2]
     np.testing.assert_array_equal(images, np.concatenate([e0.train_images, e1.train_images]))
     np.testing.assert_array_equal(labels, np.concatenate([e0.train_labels, e1.train_labels]))
     assert tasks.tolist() == [0] * len(e0.train_labels) + [1] * len(e1.train_labels) and spec == e0.preprocess
-    _, _, tasks, _ = train._training_set(stream, 1, cumulative=False)
+    _, _, tasks, _ = run_setup._training_set(stream, 1, cumulative=False)
     assert set(tasks.tolist()) == {1}
 
 
@@ -285,8 +285,8 @@ def test_joint_refuses_streams_with_different_pipelines(tmp_path):
     noisy = dataclasses.replace(stream.experiences[1], preprocess=dataclasses.replace(SPEC, noise="blur"))
     stream = dataclasses.replace(stream, experiences=(stream.experiences[0], noisy, *stream.experiences[2:]))
     with pytest.raises(ValueError, match="one input pipeline"):
-        train._pipeline(stream, 0, cumulative=True)
-    assert train._pipeline(stream, 1, cumulative=False) == noisy.preprocess
+        run_setup._pipeline(stream, 0, cumulative=True)
+    assert run_setup._pipeline(stream, 1, cumulative=False) == noisy.preprocess
 
 
 @pytest.mark.parametrize("overrides,match", [

@@ -6,7 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from phn_jax import metrics, paper, report, train
+from phn_jax import metrics, paper, report
+from phn_jax.progress import HISTORY_COLUMNS
 from phn_jax.config import base_config, load_config
 
 ROOT = Path(__file__).parent.parent
@@ -68,9 +69,9 @@ def _run(root, directory, seed, R, times, cos=(), **strategy):
     d = root / directory
     report.write_config(d, c)
     report.write_metrics(d, metrics.summarize(np.array(R, float), times, {"hypernetwork_mb": 3.53}))
-    rows = [dict.fromkeys(train.HISTORY_COLUMNS, 0.5) | {"experience": t, "epoch": e, "cos_g1_g2": v}
+    rows = [dict.fromkeys(HISTORY_COLUMNS, 0.5) | {"experience": t, "epoch": e, "cos_g1_g2": v}
             for t, e, v in [(0, 0, 0.0)] + [(1, e, v) for e, v in enumerate(cos)]]
-    report.write_table(d / "train_history.csv", train.HISTORY_COLUMNS, rows)
+    report.write_table(d / "train_history.csv", HISTORY_COLUMNS, rows)
 
 
 NAN = float("nan")

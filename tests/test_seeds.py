@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from runs import REAL, STREAM, first_moments, killed_after_checkpoint, tiny_config
 
-from phn_jax import checkpoint, metrics, report, runtime, train
+from phn_jax import checkpoint, metrics, programs, report, run_setup, runtime, train
 
 pytestmark = pytest.mark.system
 
@@ -33,13 +33,13 @@ CASES = {
 }
 
 
-def _steps(s: train.Setup, state0, first_step: bool):
+def _steps(s: run_setup.Setup, state0, first_step: bool):
     """From the (stacked) host state `state0`, with each seed's own stream: (experience 1's step or
     None, the state after end_experience of experience 1, experience 2's step, test samples right of
     state0 on experience 1); steps as host (state, metrics). Each seed's first REAL samples of an
     experience, mixed so both classes are among them."""
     rep = lambda tree: runtime.replicate(tree, s.mesh)
-    key = lambda i: train.over_seeds(jax.random.key, s.seed_axis)(s.stack([i + seed for seed in s.seeds]))
+    key = lambda i: programs.over_seeds(jax.random.key, s.seed_axis)(s.stack([i + seed for seed in s.seeds]))
     arrays = []
     for t in range(2):
         exps = [stream.experiences[t] for stream in s.streams]
@@ -49,22 +49,22 @@ def _steps(s: train.Setup, state0, first_step: bool):
     spec = s.stream.experiences[0].preprocess
 
     def step(state, t):
-        state = train.begin_experience(rep(state), t, strategy=s.strategy, seed_axis=s.seed_axis)
-        state, m = train.train_epoch(state, *arrays[t], t, key(10 + t), strategy=s.strategy, spec=spec,
+        state = programs.begin_experience(rep(state), t, strategy=s.strategy, seed_axis=s.seed_axis)
+        state, m = programs.train_epoch(state, *arrays[t], t, key(10 + t), strategy=s.strategy, spec=spec,
                                      batch_size=s.config.train.batch_size, first=s.first(t), mesh=s.mesh,
                                      seed_axis=s.seed_axis)
         return jax.device_get((state, m))
 
     step1 = step(state0, 0) if first_step else None
-    after1 = jax.device_get(train.end_experience(rep(state0), *arrays[0], key(20), 0, strategy=s.strategy, spec=spec,
+    after1 = jax.device_get(programs.end_experience(rep(state0), *arrays[0], key(20), 0, strategy=s.strategy, spec=spec,
                                                  seed_axis=s.seed_axis))
     step2 = step(after1, 1)
     exps = [stream.experiences[0] for stream in s.streams]
     x, y = rep(s.stack([(e.test_images, e.test_labels) for e in exps]))
     n = s.stack([e.test_labels.shape[0] for e in exps])
     state = rep(state0)
-    context = train.eval_context(state, strategy=s.strategy, seed_axis=s.seed_axis)
-    correct = train.evaluate(state, context, x, y, n, 0, key(30), strategy=s.strategy, spec=spec,
+    context = programs.eval_context(state, strategy=s.strategy, seed_axis=s.seed_axis)
+    correct = programs.evaluate(state, context, x, y, n, 0, key(30), strategy=s.strategy, spec=spec,
                              batch_size=s.config.train.eval_batch_size, mesh=s.mesh, seed_axis=s.seed_axis)
     return step1, after1, step2, jax.device_get(correct)
 
@@ -72,14 +72,14 @@ def _steps(s: train.Setup, state0, first_step: bool):
 @pytest.mark.parametrize("case", list(CASES))
 def test_each_seed_equals_that_seed_alone(case):
     overrides = {**STREAM, **CASES[case][0]}
-    group = train.setup(tiny_config(**overrides, seeds=SEEDS))
+    group = run_setup.setup(tiny_config(**overrides, seeds=SEEDS))
     assert group.stacked and group.seeds == SEEDS and group.seed_axis == overrides["train.seed_axis"]
     # each seed's stream is its own (the synthetic stream's seed draws its prototypes)
     assert not np.array_equal(group.streams[0].experiences[0].train_images, group.streams[1].experiences[0].train_images)
-    state0 = jax.device_get(train.init_state(group.key(), strategy=group.strategy, seed_axis="vmap"))
+    state0 = jax.device_get(programs.init_state(group.key(), strategy=group.strategy, seed_axis="vmap"))
     together = _steps(group, state0, CASES[case][1])
     for i, seed in enumerate(SEEDS):
-        alone_setup = train.setup(tiny_config(**overrides, seed=seed))
+        alone_setup = run_setup.setup(tiny_config(**overrides, seed=seed))
         np.testing.assert_array_equal(alone_setup.stream.experiences[1].train_images,
                                       group.streams[i].experiences[1].train_images)
         alone = _steps(alone_setup, jax.tree_util.tree_map(lambda a: a[i], state0), CASES[case][1])
@@ -123,7 +123,7 @@ def test_results_directories_and_aggregate(seeds_run):
         assert json.loads((d / "config.json").read_text())["seed"] == seed
         assert json.loads((d / "group.json").read_text()) == {"workdir": str(group), "seed": seed, "seeds": list(SEEDS)}
         assert json.loads((d / "stream.json").read_text()) == json.loads(json.dumps(
-            metrics.jsonable(train.setup(tiny_config(seed=seed)).stream.describe())))
+            metrics.jsonable(run_setup.setup(tiny_config(seed=seed)).stream.describe())))
         assert len((d / "train_history.csv").read_text().splitlines()) == 1 + 3 * 3
         assert not (d / checkpoint.CHECKPOINT_DIR).exists() and not (d / "run.lock").exists()
     # the aggregate against numbers computed here: mean and sample std (n − 1) over the two seeds
@@ -145,13 +145,13 @@ def test_each_seeds_time_is_its_share_of_the_programs(tmp_path, monkeypatch):
     nothing else takes time: each of the 2 seeds' epochs is 5 s in its history and each experience of
     3 epochs 15 s in its metrics, adding up to the program's 30 s; not the program's time for each."""
     clock = [0.0]
-    epoch = train.train_epoch
+    epoch = programs.train_epoch
 
     def ten_seconds(*args, **kwargs):
         clock[0] += 10.0
         return epoch(*args, **kwargs)
 
-    monkeypatch.setattr(train, "train_epoch", ten_seconds)
+    monkeypatch.setattr(programs, "train_epoch", ten_seconds)
     monkeypatch.setattr(train, "time", types.SimpleNamespace(perf_counter=lambda: clock[0], monotonic=time.monotonic))
     summaries = train.train_and_evaluate(_seeds_config(), tmp_path / "hn_seed{seed}")
     for seed, summary in zip(SEEDS, summaries):

@@ -22,7 +22,7 @@ import orbax.checkpoint as ocp
 import pytest
 from runs import REAL, STREAM, first_moments, tiny_config
 
-from phn_jax import checkpoint, metrics, runtime, train
+from phn_jax import checkpoint, metrics, programs, run_setup, runtime, train
 from phn_jax.strategies.base import TrainData
 
 ROOT = Path(__file__).parent.parent
@@ -136,7 +136,7 @@ def _on_mesh(case: str, num_devices: int, state0):
     state after end_experience of experience 1, experience 2's step, test samples right of state0 on
     experience 1), each step as host (state, metrics)."""
     overrides, first_step = DEVICE_CASES[case]
-    s = train.setup(tiny_config(**STREAM, **overrides, **{"train.num_devices": num_devices}))
+    s = run_setup.setup(tiny_config(**STREAM, **overrides, **{"train.num_devices": num_devices}))
     rep = lambda tree: runtime.replicate(tree, s.mesh)
     arrays = []
     for t, exp in enumerate(s.stream.experiences[:2]):
@@ -146,7 +146,7 @@ def _on_mesh(case: str, num_devices: int, state0):
 
     def step(state, t):
         state = s.strategy.begin_experience(rep(state), t)
-        state, m = train.train_epoch(state, *arrays[t], t, jax.random.key(10 + t), strategy=s.strategy,
+        state, m = programs.train_epoch(state, *arrays[t], t, jax.random.key(10 + t), strategy=s.strategy,
                                      spec=s.stream.experiences[t].preprocess, batch_size=s.config.train.batch_size,
                                      first=s.first(t), mesh=s.mesh, seed_axis=None)
         return jax.device_get((state, m))
@@ -157,8 +157,8 @@ def _on_mesh(case: str, num_devices: int, state0):
     step2 = step(after1, 1)
     x, y = rep((exp.test_images, exp.test_labels))
     state = rep(state0)
-    context = train.eval_context(state, strategy=s.strategy, seed_axis=None)
-    correct = train.evaluate(state, context, x, y, y.shape[0], 0, jax.random.key(30), strategy=s.strategy,
+    context = programs.eval_context(state, strategy=s.strategy, seed_axis=None)
+    correct = programs.evaluate(state, context, x, y, y.shape[0], 0, jax.random.key(30), strategy=s.strategy,
                              spec=exp.preprocess, batch_size=s.config.train.eval_batch_size, mesh=s.mesh,
                              seed_axis=None)
     return step1, jax.device_get(after1), step2, int(correct)
@@ -167,8 +167,8 @@ def _on_mesh(case: str, num_devices: int, state0):
 @pytest.mark.parametrize("case", list(DEVICE_CASES))
 def test_four_devices_equal_one(case, runs):
     assert len(jax.devices()) == 4
-    s = train.setup(tiny_config(**STREAM, **DEVICE_CASES[case][0], **{"train.num_devices": 1}))
-    state0 = jax.device_get(train.init_state(jax.random.key(0), strategy=s.strategy, seed_axis=None))
+    s = run_setup.setup(tiny_config(**STREAM, **DEVICE_CASES[case][0], **{"train.num_devices": 1}))
+    state0 = jax.device_get(programs.init_state(jax.random.key(0), strategy=s.strategy, seed_axis=None))
     step1, after1, step2, acc1 = _on_mesh(case, 1, state0)
     step1_4, after1_4, step2_4, acc4 = _on_mesh(case, 4, state0)
     for one, four in ((step1, step1_4), (step2, step2_4)):

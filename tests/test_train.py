@@ -17,7 +17,7 @@ import pytest
 
 from runs import killed_after_checkpoint, tiny_config
 
-from phn_jax import checkpoint, data, main, models, report, runtime, train
+from phn_jax import checkpoint, data, main, models, programs, report, run_setup, rundir, runtime, train
 from phn_jax.config import ConfigError, base_config, check_config
 from phn_jax.partial_hnet import PartialHypernetwork
 from phn_jax.strategies import create_strategy
@@ -211,13 +211,13 @@ def test_missing_dataset_stops_before_compiling(tmp_path):
 def test_nan_loss_is_a_clear_error(tmp_path, monkeypatch):
     # ψ overflowed to inf (as a far too large step leaves it): the generated weights are inf and the
     # loss NaN. (The run's programs are the hn_run fixture's: nothing compiles again.)
-    init = train.init_state
+    init = programs.init_state
 
     def overflowed(key, **kwargs):
         state = init(key, **kwargs)
         return {**state, "psi": jax.tree_util.tree_map(lambda a: jnp.full_like(a, jnp.inf), state["psi"])}
 
-    monkeypatch.setattr(train, "init_state", overflowed)
+    monkeypatch.setattr(programs, "init_state", overflowed)
     with pytest.raises(train.NonFiniteLossError, match="experience 1, epoch 1. No experience was completed: there "
                                                        "are no results yet. Lower optim.lr"):
         train.train_and_evaluate(tiny_config(**{"train.epochs": 1}), tmp_path)
@@ -351,7 +351,7 @@ def test_verify_checks_every_checkpoint_and_changes_nothing(hn_run, tmp_path):
     newest.write_bytes(newest.read_bytes()[:-1] + b"\0")
     with pytest.raises(checkpoint.CheckpointError, match=f"checkpoint .*{steps[1]} is damaged: its file .* does not "
                                                          "match its checksum.*make verify"):
-        train.load_frozen_part(run, 2)
+        rundir.load_frozen_part(run, 2)
 
 
 def test_no_intact_checkpoint_stops_clearly_and_moves_nothing(hn_run, tmp_path):
@@ -373,7 +373,7 @@ def test_out_of_device_memory_names_the_batch_size(tmp_path, monkeypatch):
     def exhausted(*args, **kwargs):
         raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 197.00GiB.")
 
-    monkeypatch.setattr(train, "train_epoch", exhausted)
+    monkeypatch.setattr(programs, "train_epoch", exhausted)
     with pytest.raises(train.DeviceMemoryError, match="while training with train.batch_size=16: lower "
                                                       "train.batch_size"):
         train.train_and_evaluate(tiny_config(), tmp_path)
@@ -409,7 +409,7 @@ def test_init_state_at_optimisation_level_1_equals_the_default_compile():
     net = models.MLPConfig(in_features=16, hidden_dims=(8, 8), num_classes=3, num_heads=2)
     strategy = HN(PartialHypernetwork.create(net, 0, num_tasks=2, kind="chunked", chunk_dim=50))
     key = jax.random.key(7)
-    ours = train.init_state(key, strategy=strategy, seed_axis=None)
+    ours = programs.init_state(key, strategy=strategy, seed_axis=None)
     default = jax.jit(lambda k: strategy.init(k))(key)
     chex.assert_trees_all_equal(ours, default)
 
@@ -422,15 +422,15 @@ def test_frozen_init_loads_phi_and_never_trains_it(hn_run, tmp_path):
     config = tiny_config(**{"train.epochs": 1, "strategy.frozen_init": str(source)})
     train.train_and_evaluate(config, tmp_path / "hn")
     chex.assert_trees_all_equal(checkpoint.read_latest(tmp_path / "hn")[1]["phi"], trained["phi"])
-    assert not train.setup(config).first(0)
-    lr = train.setup(tiny_config(**{"strategy.name": "lr", "strategy.frozen_init": str(source)}))
+    assert not run_setup.setup(config).first(0)
+    lr = run_setup.setup(tiny_config(**{"strategy.name": "lr", "strategy.frozen_init": str(source)}))
     shapes = jax.eval_shape(lambda k: lr.strategy.init(k), jax.random.key(0))  # (an LR state's layout: no compile)
-    state = train.with_frozen_init(lr, jax.tree_util.tree_map(lambda a: np.zeros(a.shape, a.dtype), shapes))
+    state = run_setup.with_frozen_init(lr, jax.tree_util.tree_map(lambda a: np.zeros(a.shape, a.dtype), shapes))
     chex.assert_trees_all_equal({n: state["params"][n] for n in trained["phi"]}, trained["phi"])
     with pytest.raises(checkpoint.CheckpointError, match="no stage3"):
-        train.load_frozen_part(source, 3)  # HN-2's φ has no third stage
+        rundir.load_frozen_part(source, 3)  # HN-2's φ has no third stage
     with pytest.raises(checkpoint.CheckpointError, match="holds no checkpoint"):
-        train.load_frozen_part(tmp_path, 2)
+        rundir.load_frozen_part(tmp_path, 2)
     for bad, match in (({"strategy.name": "naive"}, "needs a frozen part"),
                        ({"strategy.frozen_init": str(tmp_path / "nowhere")}, "must be 'none' or the directory"),
                        ({"model.norm": "batchnorm"}, "needs model.norm='reference'")):
