@@ -8,6 +8,7 @@ site-packages through a .pth file, which Python adds to the path without process
 inside it, so the editable phn_jax of this environment stays out of it. System test (`make
 test-system`, CI): it builds the wheel (pip fetches setuptools from the package index)."""
 import json
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -23,7 +24,13 @@ def test_the_wheel_in_a_fresh_environment_runs_from_any_directory(tmp_path):
     dist, env, elsewhere = tmp_path / "dist", tmp_path / "env", tmp_path / "elsewhere"
     elsewhere.mkdir()
     pip = [sys.executable, "-m", "pip"]
-    built = subprocess.run([*pip, "wheel", "--no-deps", "--quiet", "-w", str(dist), str(ROOT)], capture_output=True,
+    # (from a copy: setuptools builds inside the source tree, build/, which the checkout must not keep)
+    source = tmp_path / "source"
+    anywhere = shutil.ignore_patterns(".git", ".venv*", ".cache", "*.egg-info", "__pycache__", ".pytest_cache")
+    at_top = {"runs", "data", "build"}  # (the checkout's own, not phn_jax/data)
+    shutil.copytree(ROOT, source, ignore=lambda d, names: anywhere(d, names) | (at_top & set(names) if Path(d) == ROOT
+                                                                                else set()))
+    built = subprocess.run([*pip, "wheel", "--no-deps", "--quiet", "-w", str(dist), str(source)], capture_output=True,
                            text=True, timeout=600)
     assert built.returncode == 0, built.stderr[-3000:]
     wheel, = dist.glob("phn_jax-*.whl")

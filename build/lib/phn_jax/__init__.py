@@ -1,1 +1,0 @@
-"""phn_jax: partial hypernetworks for continual learning in JAX."""
