@@ -3,7 +3,7 @@
 Experiment files under `experiments/configs/` (installed as `phn_jax.experiments.configs`: CONFIGS)
 start from `base_config(stream)` and change what their experiment needs; `--config <name>` names one
 from any directory; the command line overrides any field (`--config.strategy.freeze_depth=3`).
-Defaults are the paper's hyperparameters (Hemati et al. §4, App.; DESIGN §4): Adam lr 1e-3,
+Defaults are the paper's hyperparameters (Hemati et al. §4, App.; docs/design.md §4): Adam lr 1e-3,
 batch 64 (eval 256), 100 epochs per experience, β = 0.5, first-order look-ahead, task
 embedding 32, MLP 50/32, conv-head embedding 32, 10 outputs per task head.
 """
@@ -229,7 +229,7 @@ def _number(low, strict):
 # Every config value a run checks before anything is written: (field, (check, what it must be), why or
 # what to do). The strategies keep their own checks for library use; this table is the command line's.
 RULES = (
-    ("data.name", _one_of(STREAMS), "the stream to run (see the README's Data section)"),
+    ("data.name", _one_of(STREAMS), "the stream to run (see docs/data.md)"),
     ("strategy.name", _one_of(("hn", "naive", "ewc", "lr", "joint")), "hn is the paper's method; the rest are baselines"),
     ("strategy.order", _one_of(lookahead.ORDERS), "the look-ahead's order (none: no look-ahead)"),
     ("strategy.combine", _one_of(lookahead.COMBINES), "sum (reference code) or mean (the paper's Eq. 10)"),

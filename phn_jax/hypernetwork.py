@@ -2,7 +2,7 @@
 
 It knows its target only through the target's parameter shapes (a pytree of arrays or
 `jax.ShapeDtypeStruct`s, e.g. `jax.eval_shape` of an init), so it serves any h_ω, not only the
-ResNet of `phn_jax.models`. Structure (DESIGN §2, the reference implementation's facts):
+ResNet of `phn_jax.models`. Structure (docs/design.md §2, the reference implementation's facts):
 
     e_t = E[t]                                   E ∈ R^{num_tasks × 32}   task embeddings
     h   = ReLU(W2 · ReLU(W1 · e_t + b1) + b2)    32 -> 50 -> 32

@@ -1,7 +1,7 @@
 """Continual-learning metrics on the accuracy matrix (NumPy, pure functions).
 
 Definitions follow Avalanche, which the paper (Hemati et al., CoLLAs 2023) uses; see
-DESIGN.md §4. Experiences are indexed from 0 here, so experience ``e_{i+1}`` of the paper is
+docs/design.md §4. Experiences are indexed from 0 here, so experience ``e_{i+1}`` of the paper is
 row/column ``i`` and its task id is ``i``.
 
 The accuracy matrix ``R`` has shape ``[T, T]``::
@@ -151,7 +151,7 @@ def forgetting(R: Any, i: int | None = None) -> float:
     """Forgetting after experience ``i``: drop from just-learned to current accuracy, averaged.
 
     ``F_i = 1/i * sum_{j=0..i-1} (R[j, j] - R[i, j])`` for ``i >= 1``; ``NaN`` for ``i = 0``
-    (no previous experience). With ``i = T-1`` this is the paper's / DESIGN §4 definition
+    (no previous experience). With ``i = T-1`` this is the paper's / docs/design.md §4 definition
     ``mean_{j<T-1} (R[j, j] - R[T-1, j])`` (Avalanche's stream forgetting: accuracy when learned
     minus last accuracy). It is *not* the max-over-past variant of Chaudhry et al.
     (``max_{l<i} R[l, j] - R[i, j]``), which this module does not implement.

@@ -2,10 +2,10 @@
 cut at freeze depth k, and von Oswald et al.'s fully connected network (`MLPConfig`, end of file).
 
 Layout: images NHWC, conv kernels OHWI (output channel first, so that the hypernetwork's
-channel-wise generation of DESIGN §2 is a plain reshape: row i of a generated kernel is output
+channel-wise generation of docs/design.md §2 is a plain reshape: row i of a generated kernel is output
 channel i).
 
-Architecture (DESIGN §2): stem conv3x3 3->nf + norm + ReLU; four stages of two BasicBlocks with
+Architecture (docs/design.md §2): stem conv3x3 3->nf + norm + ReLU; four stages of two BasicBlocks with
 nf, 2nf, 4nf, 8nf channels (20/40/80/160) and strides 1/2/2/2; BasicBlock =
 conv3x3-norm-ReLU-conv3x3-norm + shortcut (1x1 conv stride s + norm when the shape changes), ReLU;
 no conv bias; global average pool; linear 8nf -> C.
@@ -15,7 +15,7 @@ Decomposition at freeze depth k in {0..4} (the paper's Eq. 1, f = h_ω ∘ g_φ)
   h_ω ("stateless" part)        = stages k+1..4 + classifier (k = 0: the stem too)
 so that `stateless_apply(ω, frozen_apply(φ, x))` equals `apply(φ ∪ ω, x)` for the same weights.
 
-Normalisation (DESIGN §2). Every norm layer has an affine (scale γ, bias β); how it normalises is
+Normalisation (docs/design.md §2). Every norm layer has an affine (scale γ, bias β); how it normalises is
 the `norm` mode of the model:
   'reference' (default; what the paper's numbers come from): no running statistics anywhere.
       The frozen part normalises with the statistics of the current batch, in train and in eval

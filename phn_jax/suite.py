@@ -13,7 +13,7 @@ queue order, in this process, each with resume=True:
     does a stop request (exit 128 + signal, after a checkpoint): the same command continues.
 The datasets every unfinished entry needs are checked before the first one starts.
 
-The queues (DESIGN §4, the paper's §4 and appendix):
+The queues (docs/design.md §4, the paper's §4 and appendix):
   paper: Table 2 — Split-CIFAR100 and Split-TinyImageNet × Naive, EWC, LR-1..4 (c = 1), HN-0..4;
          Tables 4, 5 — Split-CIFAR100 × HN-0..4 without look-ahead and at second order;
          Table 1, Figure 7 — clean and noisy CIFAR-100 (4 × 5) × LR-2..4 (c = 1), HN-2..4;

@@ -65,7 +65,7 @@ from phn_jax.rundir import RunDirs
 from phn_jax.run_setup import Setup, memory_of, setup, test_sets, train_arrays, with_frozen_init
 
 # Config fields that may change between an interrupted run and its resumption.
-# (the device count too: a run may move to another machine, with float-level differences, DESIGN §6)
+# (the device count too: a run may move to another machine, with float-level differences, docs/design.md §6)
 RESUMABLE_FIELDS = ("train.progress", "train.num_devices", "train.seed_axis", "checkpoint.max_to_keep", "checkpoint.every_minutes")
 
 

@@ -52,7 +52,7 @@ def test_two_processes_of_two_devices_equal_one_process_of_four(tmp_path):
 
     # The same SPMD program on the same 4-device mesh, its all-reduce across processes: the first
     # epochs' losses and accuracies (6 steps) equal the single process's to float32 rounding.
-    # Later, Adam amplifies the rounding (DESIGN §6: entries of g below the noise flip the sign
+    # Later, Adam amplifies the rounding (docs/design.md §6: entries of g below the noise flip the sign
     # of their step), as between any two device counts: the README gives what to expect.
     h1, h2 = _history(tmp_path / "one"), _history(job)
     assert len(h1) == len(h2) == 2 * 3

@@ -2,7 +2,7 @@
 evaluation inside the vmapped program equal that seed's alone; a multi-seed run writes each seed's
 results directory, the aggregate over seeds, and resumes exactly.
 
-What is compared is what DESIGN §6 says can be compared between two float32 programs (vmap turns
+What is compared is what docs/design.md §6 says can be compared between two float32 programs (vmap turns
 the seeds' convolutions into one grouped convolution, which sums in another order): the step's
 metrics and Adam's first moment after one step, which is (1 − b1)·g (the whole gradient, look-ahead
 included), not parameters after Adam steps.

@@ -114,7 +114,7 @@ def test_latent_replay_from_the_command_line_on_split_digits(tmp_path):
 # Data parallelism: a step and an evaluation on a 4-device mesh equal the same on one device (same
 # global batch), for HN, EWC and LR; four host CPU devices come from conftest.py.
 #
-# What is compared (DESIGN §6): Adam's first step is about −lr·sign(g), so parameters after it are
+# What is compared (docs/design.md §6): Adam's first step is about −lr·sign(g), so parameters after it are
 # no test of the gradient (entries below the rounding noise flip sign). Adam's first moment after
 # one step from a fresh optimizer (every strategy resets it per experience) is (1 − b1)·g exactly:
 # comparing it compares the whole gradient, look-ahead included. Also the step's metrics (loss,
@@ -176,7 +176,7 @@ def test_four_devices_equal_one(case, runs):
             continue
         (s1, m1), (s4, m4) = one, four
         assert m1["count"].tolist() == [REAL, 0, 0]  # one step: then Adam's first moment is 0.1·g
-        # float32 (DESIGN §6: ~1e-3 relative): L_H(ψ') ∝ ‖α·g1‖² doubles g1's relative error
+        # float32 (docs/design.md §6: ~1e-3 relative): L_H(ψ') ∝ ‖α·g1‖² doubles g1's relative error
         for k in ("loss", "ce", "reg", "cos_g1_g2"):
             np.testing.assert_allclose(m4[k], m1[k], rtol=1e-3, atol=1e-6, err_msg=k)
         np.testing.assert_array_equal(m4["correct"], m1["correct"])

@@ -5,7 +5,7 @@
 error). Every stream holds its images as uint8 NHWC NumPy arrays (the engine puts them on the
 device once) and labels relabelled 0..C−1 within each experience; task id = experience index.
 
-Streams (DESIGN §4):
+Streams (docs/design.md §4):
   split_cifar100      20 × 5 CIFAR-100 classes; crop+flip; CIFAR-100 statistics.
   split_tinyimagenet  20 × 10 Tiny ImageNet classes, 64 → 32 pixels; flip; CIFAR-10 statistics.
   noisy_cifar100      4 × 5 CIFAR-100 classes with the per-experience transforms of `noise`
@@ -412,7 +412,8 @@ def _permuted_mnist(config) -> Stream:
 def _transfer_pair(config) -> tuple[str, str]:
     pair = tuple(config.transfer_pair)
     if len(pair) != 2 or not set(pair) <= set(TRANSFER_CHOICES):
-        raise ValueError(f"transfer_pair must be two of {TRANSFER_CHOICES}, got {pair}")
+        raise ValueError(f"transfer_pair must be two of {TRANSFER_CHOICES}, got {pair}; on the command line: "
+                         "--config.data.transfer_pair=\"('gtsrb', 'cifar100')\" (a Python tuple of two names)")
     return pair
 
 

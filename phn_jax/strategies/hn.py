@@ -1,4 +1,4 @@
-"""HN-k: the partial hypernetwork strategy of Hemati et al. (Algorithm 1; DESIGN §1).
+"""HN-k: the partial hypernetwork strategy of Hemati et al. (Algorithm 1; docs/design.md §1).
 
 Experience 1 (task 0): plain cross-entropy on φ (the frozen-to-be part) and ψ (Eqs. 5-6).
 Experience i ≥ 2: φ frozen. Before the experience, snapshot T_j = H_ψ*(j) for every task (only

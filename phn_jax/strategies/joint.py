@@ -1,4 +1,4 @@
-"""Joint training, the upper bound (not in the paper's tables; DESIGN §3): cumulative training of the
+"""Joint training, the upper bound (not in the paper's tables; docs/design.md §3): cumulative training of the
 multi-head ResNet. Experience t trains on the union of the training sets of experiences 0..t, each
 sample with its own task id and head, continuing from the parameters after experience t−1 (Adam
 reset), so the last row of the accuracy matrix is joint training on the whole stream.

@@ -1,5 +1,5 @@
 """LR-k: latent replay (Pellegrini et al., 2020) on the multi-head ResNet, the paper's replay baseline
-(Hemati et al. §4, Table 2; DESIGN §3).
+(Hemati et al. §4, Table 2; docs/design.md §3).
 
 Experience 1 trains the whole network. From then on the frozen part g_φ = stem + stages 1..k
 (the same cut as HN-k, `models.part_names`) gets no gradient and no update; only stages k+1..4 and
@@ -25,7 +25,7 @@ one more; a new class fills its slots with random samples of its experience, an 
 to its share by dropping random ones. A class with fewer samples than slots leaves them empty.
 
 The reference code numbers the cut by "latent depth" d = k + 1 (d = 1 freezes the stem); here
-k = 0 freezes nothing and replays images (HN-F's numbering: DESIGN §3 "LR-0 replays raw images").
+k = 0 freezes nothing and replays images (HN-F's numbering: docs/design.md §3: "LR-0 replays images").
 For streams whose experiences preprocess differently (Noisy-CIFAR100) LR-0 stores each image
 after its own experience's test-time pipeline. The reference code trained the baselines with SGD
 (lr 0.03, 40 epochs); here they share the run's optimiser config (Adam, `optim.lr`).

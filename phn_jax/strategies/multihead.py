@@ -3,7 +3,7 @@ linear classifier head per task, the head picked per sample.
 
     f(x_n; θ) = W_{t_n}ᵀ pool(g(x_n; θ_body)) + b_{t_n}
 
-with g the stem and the four stages (DESIGN §2), pool the global average pool, and (W_t, b_t) the
+with g the stem and the four stages (docs/design.md §2), pool the global average pool, and (W_t, b_t) the
 head of task t (W: [T, D, C], b: [T, C], D = 8·nf). Batches that mix tasks (a replay buffer, Joint
 training on the union of experiences) carry a task id per sample, t: [N]; the features are
 computed once for the whole batch, then each sample's logits use its own head — the only
