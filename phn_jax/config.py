@@ -22,6 +22,8 @@ import ml_collections
 
 from phn_jax import hypernetwork, lookahead, models
 from phn_jax.data import STREAMS, default_data_config
+from phn_jax.programs import SEED_AXES
+from phn_jax.strategies import STRATEGIES
 
 
 def base_config(stream: str) -> ml_collections.ConfigDict:
@@ -230,7 +232,7 @@ def _number(low, strict):
 # what to do). The strategies keep their own checks for library use; this table is the command line's.
 RULES = (
     ("data.name", _one_of(STREAMS), "the stream to run (see docs/data.md)"),
-    ("strategy.name", _one_of(("hn", "naive", "ewc", "lr", "joint")), "hn is the paper's method; the rest are baselines"),
+    ("strategy.name", _one_of(STRATEGIES), "hn is the paper's method; the rest are baselines"),
     ("strategy.order", _one_of(lookahead.ORDERS), "the look-ahead's order (none: no look-ahead)"),
     ("strategy.combine", _one_of(lookahead.COMBINES), "sum (reference code) or mean (the paper's Eq. 10)"),
     ("strategy.lookahead_step", _one_of(lookahead.LOOKAHEAD_STEPS), "the virtual step: sgd (reference code) or "
@@ -250,7 +252,7 @@ RULES = (
     ("train.batch_size", _integer(1), "the global training batch (the paper: 64)"),
     ("train.eval_batch_size", _integer(1), "the global evaluation batch (the paper: 256)"),
     ("train.num_devices", _integer(0), "0 uses every device"),
-    ("train.seed_axis", _one_of(("auto", "vmap", "map")), "how several seeds share one program"),
+    ("train.seed_axis", _one_of(("auto",) + SEED_AXES), "how several seeds share one program"),
     ("optim.lr", _number(0, strict=True), "Adam's learning rate (the paper: 1e-3)"),
     ("strategy.beta", _number(0, strict=False), "β of the output regulariser (the paper: 0.5; 0 turns it off)"),
     ("model.nf", _integer(1), "the slim ResNet's width (the paper: 20)"),

@@ -53,15 +53,13 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from phn_jax import metrics, report
+from phn_jax.config import with_defaults
+from phn_jax.data.streams import KINDS
 
 PAPER_RESULTS = Path(__file__).with_name("paper_results.csv")
 # Runs whose results fields (`report.results_fields`) differ only in these are one configuration's seeds.
 SEED_FIELDS = ("seed", "data.seed")
 TABLE2_METHODS = ("Naive", "EWC", "LR-1", "HN-1", "LR-2", "HN-2", "LR-3", "HN-3", "LR-4", "HN-4", "HN-F")
-STREAM_TITLES = {"split_cifar100": "Split-CIFAR100", "split_tinyimagenet": "Split-TinyImageNet",
-                 "clean_cifar100": "CIFAR-100 4×5, clean", "noisy_cifar100": "CIFAR-100 4×5, noisy",
-                 "split_digits": "Split-Digits", "clean_digits": "Digits 4×2, clean", "noisy_digits": "Digits 4×2, noisy",
-                 "transfer": "transfer pairs", "permuted_mnist": "PermutedMNIST-10", "split_mnist": "SplitMNIST"}
 # Table 1 and Figure 7: (clean, noisy) twins; the paper's, then `make paper QUICK=1`'s
 CLEAN_NOISY = (("clean_cifar100", "noisy_cifar100"), ("clean_digits", "noisy_digits"))
 VON_OSWALD_STREAMS = ("permuted_mnist", "split_mnist")  # von Oswald et al.'s Table 1 (paper_results table vo1)
@@ -104,7 +102,8 @@ def paper_settings(stream: str, method: str) -> dict | None:
 
 
 def title(stream: str) -> str:
-    return STREAM_TITLES.get(stream, stream)
+    """The stream's name in the paper and the report (`data.streams.KINDS`)."""
+    return KINDS[stream].title if stream in KINDS else stream
 
 
 def load_paper_results(path: str | Path = PAPER_RESULTS) -> list[dict]:
@@ -146,7 +145,7 @@ def setting_name(config: dict) -> str:
     """What the paper's tables vary within a method: HN's look-ahead order, LR's replay coefficient;
     ", pretrained" where the frozen part came from strategy.frozen_init (the reference scripts' way)."""
     s = config["strategy"]
-    pretrained = ", pretrained" if s.get("frozen_init", "none") != "none" else ""  # (not the paper's setting)
+    pretrained = ", pretrained" if s["frozen_init"] != "none" else ""  # (not the paper's setting)
     if s["name"] == "hn":
         return f"order={s['order']}{pretrained}"
     if s["name"] == "lr":
@@ -155,12 +154,13 @@ def setting_name(config: dict) -> str:
 
 
 def find_runs(root: str | Path) -> list[tuple[Path, dict, dict]]:
-    """(directory, config, metrics) of every run under `root` (sorted by path)."""
+    """(directory, config (completed by `config.with_defaults`), metrics) of every run under `root` (sorted
+    by path)."""
     runs = []
     for m in sorted(Path(root).rglob(report.METRICS_JSON)):
         c = m.with_name(report.CONFIG_JSON)
         if c.is_file():
-            runs.append((m.parent, json.loads(c.read_text()), json.loads(m.read_text())))
+            runs.append((m.parent, with_defaults(json.loads(c.read_text())), json.loads(m.read_text())))
     return runs
 
 

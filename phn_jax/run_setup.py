@@ -67,7 +67,7 @@ class Setup:
     @property
     def frozen_from_start(self) -> bool:
         """strategy.frozen_init names a run: the frozen part is loaded, not trained on experience 1."""
-        return self.config.strategy.get("frozen_init", "none") != "none"
+        return self.config.strategy.frozen_init != "none"
 
     def first(self, t: int) -> bool:
         """Whether experience t's step is the first experience's program (it trains the frozen part

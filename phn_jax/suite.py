@@ -42,19 +42,8 @@ from phn_jax import config as config_lib
 from phn_jax import main as cli
 from phn_jax import report, rundir, runtime
 from phn_jax.data import DatasetNotFoundError, check_datasets
-from phn_jax.data.streams import TRANSFER_CHOICES, TRANSFER_DATASETS
+from phn_jax.data.streams import KINDS, TRANSFER_CHOICES, TRANSFER_DATASETS
 
-# stream -> (its config file, its directory under RUNS: the Makefile's)
-STREAM_DIRS = {
-    "split_cifar100": ("split_cifar100.py", "cifar100"),
-    "split_tinyimagenet": ("split_tinyimagenet.py", "tinyimagenet"),
-    "noisy_cifar100": ("noisy_cifar100.py", "noisy"),
-    "clean_cifar100": ("clean_cifar100.py", "clean"),
-    "transfer": ("transfer.py", "transfer"),
-    "split_digits": ("split_digits.py", "digits"),
-    "noisy_digits": ("noisy_digits.py", "noisy_digits"),
-    "clean_digits": ("clean_digits.py", "clean_digits"),
-}
 # --quick: each paper stream's stand-in that needs no download (None: left out)
 QUICK_STREAMS = {"split_cifar100": "split_digits", "split_tinyimagenet": None, "noisy_cifar100": "noisy_digits",
                  "clean_cifar100": "clean_digits"}
@@ -104,9 +93,9 @@ class Entry:
 
 def entry(runs: str | Path, stream: str, method: Method, seeds: tuple[int, ...], *, epochs: int | None = None,
           quick: bool = False, pair: tuple[str, str] | None = None) -> Entry:
-    """The queue entry of `method` on `stream` (its config file and directory: STREAM_DIRS; a transfer
+    """The queue entry of `method` on `stream` (its config file and directory: `data.streams.KINDS`; a transfer
     pair's directory RUNS/transfer/<A>_to_<B>) with `seeds`, and --quick's shrinking."""
-    config_file, subdir = STREAM_DIRS[stream]
+    config_file, subdir = KINDS[stream].config_file, KINDS[stream].run_dir
     config = config_lib.load_config(config_lib.CONFIGS / config_file)
     config.update_from_flattened_dict(method.overrides())
     if pair is not None:

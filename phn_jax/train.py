@@ -250,7 +250,7 @@ class Checkpointer:
                  events: report.Events):
         self.s, self.dirs, self.mngr, self.stop, self.config_json = s, dirs, mngr, stop, config_json
         self.events = events
-        self.every_s = 60.0 * s.config.checkpoint.get("every_minutes", 5.0)
+        self.every_s = 60.0 * s.config.checkpoint.every_minutes
         self.last = time.monotonic()
 
     @property

@@ -136,35 +136,10 @@ def _class_split(num_experiences: int, classes_per_experience: int, **extra) -> 
     )
 
 
-_DEFAULTS: dict[str, dict] = {
-    "split_cifar100": _class_split(20, 5),
-    "split_tinyimagenet": _class_split(20, 10),
-    "noisy_cifar100": _class_split(4, 5, noise=NOISY_CIFAR_NOISES),
-    "clean_cifar100": _class_split(4, 5, noise=("none",) * 4),
-    "transfer": dict(transfer_pair=("cifar10", "cifar100"), classes_per_experience=5, image_size=32),
-    "permuted_mnist": dict(num_experiences=10, permute_first=False, **_MNIST_INPUT),
-    "split_mnist": _class_split(5, 2, **_MNIST_INPUT),
-    "split_digits": _class_split(5, 2, image_size=16, test_fraction=0.25, split_seed=0),
-    "noisy_digits": _class_split(4, 2, image_size=16, test_fraction=0.25, split_seed=0, noise=NOISY_CIFAR_NOISES),
-    "clean_digits": _class_split(4, 2, image_size=16, test_fraction=0.25, split_seed=0, noise=("none",) * 4),
-    "synthetic": dict(
-        num_experiences=3,
-        classes_per_experience=2,
-        train_per_class=32,
-        test_per_class=16,
-        image_size=8,
-        channels=3,
-        noise_std=0.25,
-        conflict=True,
-        augment="none",  # or "crop_flip": Split-CIFAR100's training augmentation (the bench's CIFAR shapes)
-    ),
-}
-
-STREAMS = tuple(_DEFAULTS)
 
 
 def _check_name(name: str) -> None:
-    if name not in _DEFAULTS:
+    if name not in KINDS:
         raise ValueError(f"unknown stream {name!r}; valid streams: {', '.join(STREAMS)}")
 
 
@@ -188,7 +163,7 @@ def default_data_config(name: str) -> ml_collections.ConfigDict:
         (transforms.AUGMENTATIONS).
     """
     _check_name(name)
-    return ml_collections.ConfigDict(dict(name=name, seed=0, data_dir=None, **_DEFAULTS[name]))
+    return ml_collections.ConfigDict(dict(name=name, seed=0, data_dir=None, **KINDS[name].defaults))
 
 
 def _full_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -530,28 +505,60 @@ def _synthetic(config) -> Stream:
     return _stream(config, experiences, range(config.num_experiences * c))
 
 
-_DATASETS = {
-    "split_cifar100": ("cifar100",),
-    "split_tinyimagenet": ("tiny_imagenet",),
-    "noisy_cifar100": ("cifar100",),
-    "clean_cifar100": ("cifar100",),
-    "permuted_mnist": ("mnist",),
-    "split_mnist": ("mnist",),
-}
+@dataclasses.dataclass(frozen=True)
+class StreamKind:
+    """Everything phn_jax states about one stream, in one place (`KINDS`): adding a stream is one entry.
 
-_BUILDERS: dict[str, Callable[[ml_collections.ConfigDict], Stream]] = {
-    "split_cifar100": _single_dataset_class_split("cifar100", "crop_flip"),
-    "split_tinyimagenet": _single_dataset_class_split("tiny_imagenet", "flip", size=(32, 32)),
-    "noisy_cifar100": _noisy_cifar100,
-    "clean_cifar100": _noisy_cifar100,
-    "transfer": _transfer,
-    "permuted_mnist": _permuted_mnist,
-    "split_mnist": _split_mnist,
-    "split_digits": _split_digits,
-    "noisy_digits": _split_digits,
-    "clean_digits": _split_digits,
-    "synthetic": _synthetic,
+    title: its name in the paper and the report; defaults: its `config.data` fields beyond name,
+    seed and data_dir (`default_data_config`); build: config.data -> Stream; datasets: the tfds
+    datasets it reads (checked before anything is read; a transfer pair's come from its pair);
+    config_file and run_dir: its experiment config (experiments/configs/) and its directory under
+    RUNS, as the Makefile and the paper's queue (`phn_jax.suite`) use them, where it has them."""
+
+    title: str
+    defaults: dict
+    build: Callable[[ml_collections.ConfigDict], Stream]
+    datasets: tuple[str, ...] = ()
+    config_file: str | None = None
+    run_dir: str | None = None
+
+
+_DIGITS = dict(image_size=16, test_fraction=0.25, split_seed=0)
+KINDS: dict[str, StreamKind] = {
+    "split_cifar100": StreamKind("Split-CIFAR100", _class_split(20, 5), _single_dataset_class_split("cifar100", "crop_flip"),
+                                 ("cifar100",), "split_cifar100.py", "cifar100"),
+    "split_tinyimagenet": StreamKind("Split-TinyImageNet", _class_split(20, 10),
+                                     _single_dataset_class_split("tiny_imagenet", "flip", size=(32, 32)),
+                                     ("tiny_imagenet",), "split_tinyimagenet.py", "tinyimagenet"),
+    "noisy_cifar100": StreamKind("CIFAR-100 4×5, noisy", _class_split(4, 5, noise=NOISY_CIFAR_NOISES), _noisy_cifar100,
+                                 ("cifar100",), "noisy_cifar100.py", "noisy"),
+    "clean_cifar100": StreamKind("CIFAR-100 4×5, clean", _class_split(4, 5, noise=("none",) * 4), _noisy_cifar100,
+                                 ("cifar100",), "clean_cifar100.py", "clean"),
+    "transfer": StreamKind("transfer pairs", dict(transfer_pair=("cifar10", "cifar100"), classes_per_experience=5,
+                                                  image_size=32), _transfer, (), "transfer.py", "transfer"),
+    "permuted_mnist": StreamKind("PermutedMNIST-10", dict(num_experiences=10, permute_first=False, **_MNIST_INPUT),
+                                 _permuted_mnist, ("mnist",), "permuted_mnist.py", "permuted_mnist"),
+    "split_mnist": StreamKind("SplitMNIST", _class_split(5, 2, **_MNIST_INPUT), _split_mnist, ("mnist",),
+                              "split_mnist.py", "split_mnist"),
+    "split_digits": StreamKind("Split-Digits", _class_split(5, 2, **_DIGITS), _split_digits, (), "split_digits.py",
+                               "digits"),
+    "noisy_digits": StreamKind("Digits 4×2, noisy", _class_split(4, 2, **_DIGITS, noise=NOISY_CIFAR_NOISES), _split_digits,
+                               (), "noisy_digits.py", "noisy_digits"),
+    "clean_digits": StreamKind("Digits 4×2, clean", _class_split(4, 2, **_DIGITS, noise=("none",) * 4), _split_digits,
+                               (), "clean_digits.py", "clean_digits"),
+    "synthetic": StreamKind("synthetic", dict(
+        num_experiences=3,
+        classes_per_experience=2,
+        train_per_class=32,
+        test_per_class=16,
+        image_size=8,
+        channels=3,
+        noise_std=0.25,
+        conflict=True,
+        augment="none",  # or "crop_flip": Split-CIFAR100's training augmentation (the bench's CIFAR shapes)
+    ), _synthetic),
 }
+STREAMS = tuple(KINDS)
 
 
 def build_stream(config: ml_collections.ConfigDict) -> Stream:
@@ -567,7 +574,7 @@ def build_stream(config: ml_collections.ConfigDict) -> Stream:
         _check_name(config.name)
     config = _full_config(config)
     check_datasets(config)
-    return _BUILDERS[config.name](config)
+    return KINDS[config.name].build(config)
 
 
 def check_datasets(config: ml_collections.ConfigDict) -> None:
@@ -581,4 +588,4 @@ def _datasets_of(config) -> tuple[str, ...]:
     """The tfds datasets stream `config.name` reads (checked before any is read)."""
     if config.name == "transfer":
         return tuple(d for d in dict.fromkeys(_transfer_pair(config)) if d not in EMBEDDED_TRANSFER_DATASETS)
-    return _DATASETS.get(config.name, ())
+    return KINDS[config.name].datasets
