@@ -1,6 +1,7 @@
 """phn_jax installed from its wheel (not editable) into a fresh virtual environment works from any
-directory: a run by config name, and the paper's queue, which find the experiment configs inside
-the package (pyproject.toml installs experiments/ as phn_jax.experiments).
+directory: a run by config name, its report (the published numbers are package data), and the
+paper's queue, which find the experiment configs inside the package (pyproject.toml installs
+experiments/ as phn_jax.experiments).
 
 The fresh environment has no pip and no packages of its own: the wheel is installed into it with
 this environment's pip (`--python`), and its dependencies come from this environment's
@@ -52,6 +53,9 @@ def test_the_wheel_in_a_fresh_environment_runs_from_any_directory(tmp_path):
                "--config.train.progress=False")
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads((elsewhere / "run" / "metrics.json").read_text())["completed_experiences"] == 3
+    reported = run("-m", "phn_jax.paper", ".")  # the report reads the published numbers from the package
+    assert reported.returncode == 0 and "## Every configuration found" in (elsewhere / "report.md").read_text(), \
+        reported.stderr[-3000:]
     queue = run("-m", "phn_jax.suite", "paper", "--quick", "--list", "--runs", "runs")
     assert queue.returncode == 0, queue.stderr[-3000:]
     assert "configurations: 0 finished" in queue.stdout and "digits/naive_seeds0-1-2" in queue.stdout, queue.stdout[-2000:]

@@ -1,4 +1,4 @@
-"""The paper's numbers (`phn_jax/paper_results.csv`) against cells read by hand from the paper's
+"""The paper's numbers (`phn_jax/paper/paper_results.csv`) against cells read by hand from the paper's
 text, and the report (`make report`) of constructed run directories against hand-computed cells."""
 import math
 from pathlib import Path
@@ -87,7 +87,7 @@ def test_report_of_constructed_runs(tmp_path):
          order="second")
     _run(tmp_path, "naive_seed0", 0, [[0.9, NAN], [0.3, 0.8]], [30, 30], name="naive", freeze_depth=0)
     groups = paper.group_runs(paper.find_runs(tmp_path))
-    assert [(g["method"], g["setting"], g["seeds"]) for g in groups] == [
+    assert [(g.method, g.setting, g.seeds) for g in groups] == [
         ("HN-3", "order=first", [0, 1]), ("HN-3", "order=second", [0]), ("Naive", "", [0])]
     md = paper.report_markdown(tmp_path)
     std = 100 * math.sqrt(((0.60 - 0.58) ** 2 + (0.56 - 0.58) ** 2) / 1)  # sample std, n − 1 = 1
@@ -117,7 +117,7 @@ def test_report_of_constructed_runs(tmp_path):
 def test_configurations_sharing_a_name_are_told_apart(tmp_path):
     _run(tmp_path, "a", 0, [[0.7, NAN], [0.6, 0.6]], [60, 60], name="hn", freeze_depth=3)
     _run(tmp_path, "b", 0, [[0.7, NAN], [0.6, 0.6]], [60, 60], name="hn", freeze_depth=3, beta=0.1)
-    labels = [g["label"] for g in paper.group_runs(paper.find_runs(tmp_path))]
+    labels = [g.label for g in paper.group_runs(paper.find_runs(tmp_path))]
     assert labels == ["HN-3 order=first (strategy.beta=0.1)", "HN-3 order=first (strategy.beta=0.5)"]
 
 
@@ -125,8 +125,8 @@ def test_a_seed_run_twice_counts_once_with_its_newest_run(tmp_path):
     _run(tmp_path, "old", 0, [[0.2, NAN], [0.2, 0.2]], [60, 60], name="hn", freeze_depth=3)
     _run(tmp_path, "new", 0, [[0.7, NAN], [0.6, 0.6]], [60, 60], name="hn", freeze_depth=3)
     (g,) = paper.group_runs(paper.find_runs(tmp_path))
-    assert g["seeds"] == [0] and g["dirs"] == [tmp_path / "new"] and g["repeated"] == [tmp_path / "old"]
-    assert g["aggregate"]["aca"]["mean"] == pytest.approx(0.6)
+    assert g.seeds == [0] and g.dirs == [tmp_path / "new"] and g.repeated == [tmp_path / "old"]
+    assert g.aggregate["aca"]["mean"] == pytest.approx(0.6)
     assert f"not counted: {tmp_path / 'old'}" in paper.report_markdown(tmp_path)
 
 
@@ -206,7 +206,7 @@ def test_von_oswald_table_of_mlp_runs(tmp_path):
             np.array([[0.99, NAN], [0.98, acc]]), [60.0, 60.0], {}, class_incremental=np.array([[0.99, NAN], [0.9, 0.8]]),
             task_inference=np.array([[1.0, NAN], [0.95, 0.85]])))
     groups = paper.group_runs(paper.find_runs(tmp_path))
-    assert [(g["method"], g["setting"]) for g in groups] == [("HNET", "order=first")]
+    assert [(g.method, g.setting) for g in groups] == [("HNET", "order=first")]
     # an MLP run at Hemati et al.'s settings instead of von Oswald et al.'s: not in their table, named under it
     other = base_config("permuted_mnist")
     other.model.arch, other.strategy.freeze_depth = "mlp", 0
