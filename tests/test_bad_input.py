@@ -116,7 +116,7 @@ def test_a_stray_argument_or_no_config(tmp_path):
                     "is --name=value or --flag", tmp_path, before)
     done = subprocess.run([sys.executable, "-m", "phn_jax.main", "--workdir", str(tmp_path)], cwd=cli.ROOT,
                           capture_output=True, text=True)
-    _assert_refused(done, "--config <file> is required", tmp_path, before)
+    _assert_refused(done, "--config <name or file> is required", tmp_path, before)
 
 
 @pytest.mark.system

@@ -32,6 +32,7 @@ pytestmark = pytest.mark.system
 ARGS = ("--config.train.epochs=20", "--config.eval.task_inference=False", "--config.model.blocks_per_stage=2,2,2,2")
 # a checkpoint at (nearly) every epoch: every_minutes of 0.03 s
 OFTEN = ("--config.checkpoint.every_minutes=0.0005",)
+STEPS = 3 * 20  # a run of ARGS: its last checkpoint step (epochs completed over its 3 experiences)
 
 
 def _final(workdir):
@@ -300,16 +301,27 @@ def test_a_read_only_checkpoints_directory_is_one_paragraph(tmp_path, uninterrup
     assert sorted((p, p.stat().st_mtime_ns) for p in workdir.rglob("*")) == before
 
 
+def _latest_step(workdir) -> int:
+    d = workdir / checkpoint.CHECKPOINT_DIR
+    return max((int(p.name) for p in d.iterdir() if p.name.isdigit()), default=0) if d.is_dir() else 0
+
+
 def kill_and_resume(workdir, kills: int, seed: int = 0) -> list[float]:
     """SIGKILLs the run at `kills` random moments (seeded), resuming after each, then lets it finish.
-    Returns the work lost by each kill: seconds since the last checkpoint (or since the run
-    started, before the first)."""
+    A moment is drawn within the work left, not in seconds (a fast machine would finish first): a
+    random checkpoint step still ahead, then a random fraction of a second after it appears, so the
+    kill lands between two checkpoints, or inside a save. Returns the work lost by each kill: seconds
+    since the last checkpoint (or since the run started, before the first)."""
     rng, lost = random.Random(seed), []
     for k in range(kills):
         run = cli.start(workdir, *ARGS, *OFTEN, *(("--resume",) if k else ()))
         cli.wait_ready(run)
         started = time.time()
-        time.sleep(rng.uniform(1.0, 12.0))
+        target = rng.randint(min(_latest_step(workdir) + 1, STEPS - 1), STEPS - 1)
+        deadline = time.monotonic() + 300
+        while run.poll() is None and _latest_step(workdir) < target and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.3))
         run.kill()
         run.communicate()
         if run.returncode != -signal.SIGKILL:  # it had finished: nothing to kill
