@@ -132,6 +132,7 @@ def stderr_to(path: Path | None, what: str):
     a line naming `what` and the time; nothing is left there when nothing was printed. `path` None,
     or a file that cannot be opened (a full disk, a read-only directory): os.devnull."""
     sys.stderr.flush()
+    f = None
     try:
         f = open(path, "a") if path is not None else open(os.devnull, "w")
         start = f.tell()
@@ -139,6 +140,9 @@ def stderr_to(path: Path | None, what: str):
         f.flush()
         header_end = f.tell()
     except OSError:
+        if f is not None:
+            with contextlib.suppress(OSError):
+                f.close()
         f, start, header_end = open(os.devnull, "w"), 0, 0
     saved = os.dup(2)
     failed = True
