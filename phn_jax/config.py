@@ -33,24 +33,27 @@ def base_config(stream: str) -> ml_collections.ConfigDict:
     c.seeds = ()
     c.data = default_data_config(stream)
     c.data.seed = c.get_ref("seed")
+    # The networks' defaults are their dataclasses' (stated once, there: the paper's sizes).
+    resnet, mlp = models.ResNetConfig, models.MLPConfig
+    heads, chunked = hypernetwork.Hypernetwork, hypernetwork.ChunkedHypernetwork
     c.model = ml_collections.ConfigDict(dict(
         arch="resnet",     # resnet: the slim ResNet-18 (the paper's) | mlp: von Oswald et al.'s MLP (hn, k = 0)
-        hidden_dims=(400, 400),  # mlp: the hidden layers (ReLU, with biases); one head of num_classes per task
-        nf=20,             # slim ResNet-18: 20/40/80/160 channels
-        num_classes=10,    # outputs of each task head (the reference scripts use 10)
+        hidden_dims=mlp.hidden_dims,  # mlp: the hidden layers (ReLU, with biases); one head of num_classes per task
+        nf=resnet.nf,      # slim ResNet-18: 20/40/80/160 channels
+        num_classes=resnet.num_classes,  # outputs of each task head (the reference scripts use 10)
         norm="reference",  # 'reference' (batch stats frozen / per-sample generated) | 'batchnorm'
-        blocks_per_stage=(2, 2, 2, 2),  # BasicBlocks of the four stages: ResNet-18 (smoke checks: (1,1,1,1))
+        blocks_per_stage=resnet.blocks_per_stage,  # BasicBlocks of the four stages: ResNet-18 (smoke: (1,1,1,1))
     ))
     c.hnet = ml_collections.ConfigDict(dict(
         kind="heads",             # heads: per-tensor heads (the paper's) | chunked: von Oswald et al.'s chunks
-        embedding_dim=32,         # task embedding e_t
-        hidden_dims=(50, 32),     # the MLP trunk
-        activation="relu",        # relu (reference code) | elu
-        head_embedding_dim=32,    # heads: width d of the conv heads' lookup tables
-        chunk_dim=4096,           # chunked: values emitted per chunk
-        chunk_embedding_dim=32,   # chunked: width of the chunk embeddings c_i
+        embedding_dim=heads.embedding_dim,            # task embedding e_t (32)
+        hidden_dims=heads.hidden_dims,                # the MLP trunk (50, 32)
+        activation=heads.activation,                  # relu (reference code) | elu
+        head_embedding_dim=heads.head_embedding_dim,  # heads: width d of the conv heads' lookup tables (32)
+        chunk_dim=chunked.chunk_dim,                  # chunked: values emitted per chunk
+        chunk_embedding_dim=chunked.chunk_embedding_dim,  # chunked: width of the chunk embeddings c_i
         vectors_as_tables=True,   # chunked: norm γ/β and biases as per-task tables (False: generated too)
-        dense_init="pytorch",     # dense layers: pytorch (U(±1/√fan_in), the paper's code) | xavier (hypercl's)
+        dense_init=heads.dense_init,  # dense layers: pytorch (U(±1/√fan_in), the paper's code) | xavier (hypercl's)
     ))
     c.strategy = ml_collections.ConfigDict(dict(
         name="hn",                  # hn | naive | ewc | lr | joint (phn_jax.strategies)
