@@ -264,7 +264,9 @@ def _read(mngr: ocp.CheckpointManager, step: int, abstract=None, differences=lam
     return state, meta, None if recorded is None else "files and arrays" if files else "arrays"
 
 
-def _steps(directory: Path) -> list[int]:
+def steps(directory: Path) -> list[int]:
+    """The steps of the committed checkpoints in `directory` (a checkpoints/ folder; [] when absent),
+    ascending, read from their names without opening a manager."""
     return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if directory.is_dir() else []
 
 
@@ -278,36 +280,34 @@ def read_latest(workdir: str | os.PathLike) -> tuple[int, dict, dict]:
     arrays, no template) and verified, without creating or changing anything there. CheckpointError
     if it has none, or if it is damaged."""
     directory = Path(workdir).absolute() / CHECKPOINT_DIR
-    steps = _steps(directory)
-    if not steps:
+    saved = steps(directory)
+    if not saved:
         raise CheckpointError(f"{workdir} holds no checkpoint ({directory} is missing or empty): name the "
                               "directory of a phn_jax run that finished at least one experience")
-    with stderr_to(None, f"reading checkpoint {steps[-1]}"):
+    with stderr_to(None, f"reading checkpoint {saved[-1]}"):
         try:
-            state, meta, _ = _read(_reader(directory), steps[-1])
+            state, meta, _ = _read(_reader(directory), saved[-1])
         except _Damaged as err:
-            raise CheckpointError(f"checkpoint {directory / str(steps[-1])} is damaged: {err}. Resume that run "
+            raise CheckpointError(f"checkpoint {directory / str(saved[-1])} is damaged: {err}. Resume that run "
                                   "(--resume) to fall back to its previous checkpoint, or restore it from a backup; "
                                   "make verify RUN=<dir> checks every checkpoint") from None
-    return steps[-1], jax.device_get(state), meta
+    return saved[-1], jax.device_get(state), meta
 
 
 def verify_run(workdir: str | os.PathLike) -> list[tuple[int, str | None, str]]:
-    """Reads every checkpoint of the run in `workdir` (a multi-seed run's seed directory: its group's)
-    and checks it against its digests, changing nothing: [(step, None when intact else why it is
-    damaged, a description)], oldest first. CheckpointError when there is no checkpoint."""
+    """Reads every checkpoint in `workdir` (the directory holding checkpoints/: for one seed of a
+    multi-seed run, its group's, `rundir.checkpointed_run`) and checks it against its digests, changing
+    nothing: [(step, None when intact else why it is damaged, a description)], oldest first.
+    CheckpointError when there is no checkpoint."""
     workdir = Path(workdir)
-    group = workdir / "group.json"
-    if not (workdir / CHECKPOINT_DIR).is_dir() and group.is_file():
-        workdir = Path(json.loads(group.read_text())["workdir"])
     directory = workdir.absolute() / CHECKPOINT_DIR
-    steps = _steps(directory)
-    if not steps:
+    saved = steps(directory)
+    if not saved:
         raise CheckpointError(f"{workdir} holds no checkpoint ({directory} is missing or empty): name a phn_jax "
                               "run directory")
     mngr, out = _reader(directory), []
     errors = errors_file(directory) if os.access(workdir, os.W_OK) else None
-    for step in steps:
+    for step in saved:
         try:
             with stderr_to(errors, f"verifying checkpoint {step}"):
                 state, meta, checked = _read(mngr, step)
@@ -348,8 +348,8 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state, config: dict, ig
     progress bar, may differ; `complete` fills in the saved config's missing fields first, e.g.
     `config.with_defaults`) or format. What orbax prints meanwhile: `checkpoint_errors.txt`.
     """
-    steps = sorted(mngr.all_steps(), reverse=True)
-    if not steps:
+    newest_first = sorted(mngr.all_steps(), reverse=True)
+    if not newest_first:
         return None
     # the shardings of `abstract_state` too (replicated over the run's mesh), not the saving run's devices
     abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
@@ -360,7 +360,7 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state, config: dict, ig
         return [d for d in _config_diff(complete(meta.get("config", {})), config) if not d.startswith(ignore)]
 
     damaged, errors = [], errors_file(mngr.directory) if move else None
-    for step in steps:
+    for step in newest_first:
         try:
             with stderr_to(errors, f"restoring checkpoint {step}"):
                 state, meta, checked = _read(mngr, step, abstract, differences)

@@ -171,7 +171,7 @@ def verify_or_exit(workdir: str) -> None:
     why it is damaged), then exit code 0 when every one is intact, else 2 (the paragraph says what
     --resume does with them)."""
     try:
-        results = checkpoint.verify_run(workdir)
+        results = checkpoint.verify_run(rundir.checkpointed_run(workdir)[0])
     except CheckpointError as err:
         _exit_with(f"error: {err}", None)
     for step, damage, description in results:

@@ -282,16 +282,24 @@ def check_dirs(dirs: RunDirs, resume: bool) -> None:
                                   "choose another --workdir")
 
 
+def checkpointed_run(directory: str | Path) -> tuple[Path, int | None]:
+    """The directory holding the checkpoints of the run in `directory`, and the index of its seed:
+    `directory` itself (None), or, for one seed's results directory of a multi-seed run (its
+    group.json), the group's workdir and the seed's place in the group's stacked state."""
+    directory = Path(directory)
+    if not (directory / GROUP_JSON).is_file():
+        return directory, None
+    group = json.loads((directory / GROUP_JSON).read_text())
+    return Path(group["workdir"]), list(group["seeds"]).index(group["seed"])
+
+
 def load_frozen_part(source: str | Path, freeze_depth: int) -> dict:
     """The stem and stages 1..k (k = freeze_depth) from the newest checkpoint of the phn_jax run in
     `source`: an HN run's φ (frozen since its first experience), any other strategy's network
     parameters (a Joint run: the multitask pretraining); one seed's directory of a multi-seed run
     gives that seed's slice of its group's checkpoint. Host arrays, {module: params}. CheckpointError
     if the run has no checkpoint, has not finished an experience, or lacks one of the modules."""
-    directory, index = Path(source), None
-    if (directory / GROUP_JSON).is_file():
-        group = json.loads((directory / GROUP_JSON).read_text())
-        directory, index = Path(group["workdir"]), list(group["seeds"]).index(group["seed"])
+    directory, index = checkpointed_run(source)
     step, state, meta = checkpoint.read_latest(directory)
     progress = meta["progress"]  # (one seed's, or a list of each seed's: `progress.progress_json`)
     if (progress[0] if isinstance(progress, list) else progress)["experience"] < 1:

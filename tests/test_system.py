@@ -301,11 +301,6 @@ def test_a_read_only_checkpoints_directory_is_one_paragraph(tmp_path, uninterrup
     assert sorted((p, p.stat().st_mtime_ns) for p in workdir.rglob("*")) == before
 
 
-def _latest_step(workdir) -> int:
-    d = workdir / checkpoint.CHECKPOINT_DIR
-    return max((int(p.name) for p in d.iterdir() if p.name.isdigit()), default=0) if d.is_dir() else 0
-
-
 def kill_and_resume(workdir, kills: int, seed: int = 0) -> list[float]:
     """SIGKILLs the run at `kills` random moments (seeded), resuming after each, then lets it finish.
     A moment is drawn within the work left, not in seconds (a fast machine would finish first): a
@@ -313,13 +308,14 @@ def kill_and_resume(workdir, kills: int, seed: int = 0) -> list[float]:
     kill lands between two checkpoints, or inside a save. Returns the work lost by each kill: seconds
     since the last checkpoint (or since the run started, before the first)."""
     rng, lost = random.Random(seed), []
+    latest = lambda: max(checkpoint.steps(workdir / checkpoint.CHECKPOINT_DIR), default=0)
     for k in range(kills):
         run = cli.start(workdir, *ARGS, *OFTEN, *(("--resume",) if k else ()))
         cli.wait_ready(run)
         started = time.time()
-        target = rng.randint(min(_latest_step(workdir) + 1, STEPS - 1), STEPS - 1)
+        target = rng.randint(min(latest() + 1, STEPS - 1), STEPS - 1)
         deadline = time.monotonic() + 300
-        while run.poll() is None and _latest_step(workdir) < target and time.monotonic() < deadline:
+        while run.poll() is None and latest() < target and time.monotonic() < deadline:
             time.sleep(0.01)
         time.sleep(rng.uniform(0.0, 0.3))
         run.kill()
