@@ -117,15 +117,37 @@ def output_sq_distances(omega_all, targets) -> jax.Array:
                for t, o in zip(jax.tree_util.tree_leaves(targets), jax.tree_util.tree_leaves(omega_all)))
 
 
+def _output_differences(w, b, w_star, b_star) -> jax.Array:
+    """M = [W ; W − W* ; (b − b*)ᵀ]: [2H+1, n] from W, W* [H, n] and b, b* [n]."""
+    return jnp.concatenate([w, w - w_star, (b - b_star)[None]])
+
+
 @jax.custom_vjp
-def gram(m: jax.Array) -> jax.Array:
-    """G = M Mᵀ for M [r, n]: [r, r]. Its VJP is written out, (Ḡ + Ḡᵀ) M, one [r, r] @ [r, n]
-    product: autodiff's two products Ḡ M and Ḡᵀ M run the second with a transposed left operand,
-    which XLA:CPU computes ~10x slower than the first."""
+def output_gram(w, b, w_star, b_star) -> jax.Array:
+    """G = M Mᵀ [2H+1, 2H+1] for M = [W ; W − W* ; (b − b*)ᵀ] [2H+1, n] (W, W* [H, n]; b, b* [n]):
+    every inner product of the rows that a chunk's difference from its target is made of
+    (`ChunkedHypernetwork.sq_distances`). W*, b* are targets: they get no gradient.
+
+    Its VJP is written out: with S = Ḡ + Ḡᵀ, ∂/∂M = S M, and since W appears in rows 1..H and
+    H+1..2H, ∂/∂[W ; bᵀ] = [S₁ + S₂ ; S₃] M, one [H+1, 2H+1] @ [2H+1, n] product (S₁, S₂, S₃ its row
+    blocks of H, H and 1 rows): half of autodiff's, whose second product also takes a transposed
+    operand, which XLA:CPU computes several times slower."""
+    m = _output_differences(w, b, w_star, b_star)
     return m @ m.T
 
 
-gram.defvjp(lambda m: (m @ m.T, m), lambda m, g: ((g + g.T) @ m,))
+def _output_gram_fwd(w, b, w_star, b_star):
+    m = _output_differences(w, b, w_star, b_star)
+    return m @ m.T, m
+
+
+def _output_gram_bwd(m, g):
+    s, h = g + g.T, (m.shape[0] - 1) // 2
+    grad = jnp.concatenate([s[:h] + s[h:2 * h], s[2 * h:]]) @ m  # [H+1, n]: ∂/∂W, then ∂/∂b
+    return grad[:h], grad[h], None, None
+
+
+output_gram.defvjp(_output_gram_fwd, _output_gram_bwd)
 
 
 ACTIVATIONS = {"relu": jax.nn.relu, "elu": jax.nn.elu}
@@ -396,25 +418,29 @@ class ChunkedHypernetwork:
         """d_j = ‖H_ψ(j) − T_j‖²₂ for every task j: [num_tasks], against `targets` = `snapshot(ψ*)`,
         without forming the num_tasks·|ω_gen| outputs. Chunk i of task j differs from its target by
 
-            v_ji − v*_ji = W Δh_ji + ΔW h*_ji + Δb = M u_ji,   M = [W ; ΔW ; Δb] [2H+1, chunk_dim] (rows),
+            v_ji − v*_ji = W Δh_ji + ΔW h*_ji + Δb = Mᵀ u_ji,   M = [W ; ΔW ; Δbᵀ] [2H+1, chunk_dim],
             u_ji = [Δh_ji ; h*_ji ; 1],   Δh = h − h*,  ΔW = W − W*,  Δb = b − b*
 
-        so ‖v_ji − v*_ji‖² = u_jiᵀ G u_ji with G = M Mᵀ [2H+1, 2H+1]: one product over the chunk
-        values for all tasks (`gram`), instead of one per task. The last chunk counts only its
-        first |ω_gen| − (n_c − 1)·chunk_dim values, those `apply` keeps: its differences are
-        formed (M[:, :kept]ᵀ u), not its Gram matrix. The tables add ‖ΔT_j‖². Every factor is a
-        difference taken directly (Δh, ΔW, Δb), so the gradient is as exact in float32 as the
-        outputs' own difference; the value (logged) carries the rounding of G, relative
-        eps·‖M‖²‖u‖² / ‖M u‖². The same values as `output_sq_distances` of the full outputs.
+        so ‖v_ji − v*_ji‖² = u_jiᵀ G u_ji with G = M Mᵀ [2H+1, 2H+1] (`output_gram`): products over
+        the chunk values made once for all tasks, not once per task. The last chunk counts only its
+        first `kept` = |ω_gen| − (n_c − 1)·chunk_dim values, those `apply` keeps, so G is summed from
+        the columns before and after `kept`, G = G_kept + G_rest: every chunk but the last takes
+        G, the last G_kept (the same products as one G, and no slice of M for the last chunk).
+        The tables add ‖ΔT_j‖². Every factor is a difference taken directly (Δh, ΔW, Δb), so the
+        gradient is as exact in float32 as the outputs' own difference; the value (logged) carries
+        the rounding of G, relative eps·‖M‖²‖u‖² / ‖M u‖². The same values as `output_sq_distances`
+        of the full outputs.
         """
         h, h_star = self.hidden(psi, jnp.arange(self.num_tasks)), targets["hidden"]
-        w, b = psi["output"]["kernel"], psi["output"]["bias"]
-        m = jnp.concatenate([w, w - targets["output"]["kernel"], (b - targets["output"]["bias"])[None]])
-        u = jnp.concatenate([h - h_star, h_star, jnp.ones(h.shape[:2] + (1,), h.dtype)], axis=-1)  # [T, n_c, 2H+1]
-        whole = u[:, :-1].reshape(-1, u.shape[-1])  # every chunk but the last: [T·(n_c − 1), 2H+1]
-        d = jnp.sum((whole @ gram(m)) * whole, axis=-1).reshape(self.num_tasks, -1).sum(axis=1)
+        (w, b), (w_star, b_star) = ((o["kernel"], o["bias"]) for o in (psi["output"], targets["output"]))
         kept = self.num_generated - (self.num_chunks - 1) * self.chunk_dim
-        d = d + jnp.sum(jnp.square(u[:, -1] @ m[:, :kept]), axis=-1)
+        g_kept = output_gram(w[:, :kept], b[:kept], w_star[:, :kept], b_star[:kept])
+        g = (g_kept + output_gram(w[:, kept:], b[kept:], w_star[:, kept:], b_star[kept:])
+             if kept < self.chunk_dim else g_kept)
+        u = jnp.concatenate([h - h_star, h_star, jnp.ones(h.shape[:2] + (1,), h.dtype)], axis=-1)  # [T, n_c, 2H+1]
+        quadratic = lambda x, g: jnp.sum((x @ g) * x, axis=-1)  # uᵀ G u of every row of x [rows, 2H+1]
+        whole = u[:, :-1].reshape(-1, u.shape[-1])  # every chunk but the last: [T·(n_c − 1), 2H+1]
+        d = quadratic(whole, g).reshape(self.num_tasks, -1).sum(axis=1) + quadratic(u[:, -1], g_kept)
         return d + output_sq_distances(psi["tables"], targets["tables"]) if self.num_tables else d
 
     @property

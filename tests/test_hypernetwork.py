@@ -70,7 +70,7 @@ def test_factored_distances_equal_the_full_outputs_in_float64(name):
     """‖H_ψ(j) − H_ψ*(j)‖² from the factored snapshot (`sq_distances`) against the full outputs of every
     task (`output_sq_distances` of `apply` vmapped): value, gradient in ψ and a Hessian-vector product,
     in float64, with every leaf of ψ moved off ψ*; and the snapshot's size. For the chunked
-    hypernetwork the factors are h*, W*, b* and the distances come from a Gram matrix (`gram`)."""
+    hypernetwork the factors are h*, W*, b* and the distances come from a Gram matrix (`output_gram`)."""
     target = {"conv": jnp.zeros((5, 3, 3, 2)), "fc": jnp.zeros((6, 4)), "norm": {"scale": jnp.zeros((5,))}}
     options = dict(FACTORED[name])
     hnet = build_hypernetwork(options.pop("kind"), target, 4, **options)
