@@ -54,6 +54,7 @@ def base_config(stream: str) -> ml_collections.ConfigDict:
         chunk_embedding_dim=chunked.chunk_embedding_dim,  # chunked: width of the chunk embeddings c_i
         vectors_as_tables=True,   # chunked: norm γ/β and biases as per-task tables (False: generated too)
         dense_init=heads.dense_init,  # dense layers: pytorch (U(±1/√fan_in), the paper's code) | xavier (hypercl's)
+        layout=chunked.layout,    # chunked: the chunks over the target: flax (sorted paths) | pytorch (hypercl's)
     ))
     c.strategy = ml_collections.ConfigDict(dict(
         name="hn",                  # hn | naive | ewc | lr | joint (phn_jax.strategies)
@@ -136,8 +137,11 @@ def von_oswald_hnet(c: ml_collections.ConfigDict, *, beta: float, lr: float, epo
     drawn fresh (not copied), batch 128; their β, lr and iterations (as epochs).
 
     Also as theirs: the hypernetwork's dense layers Xavier uniform with zero biases and the task and
-    chunk embeddings N(0, 1) (hypercl mnist/train_utils.py `generate_classifier`); a fresh Adam for the
-    hypernetwork at every task (mnist/train_splitMNIST.py `train_class_one_t` creates its optimizers).
+    chunk embeddings N(0, 1) (hypercl mnist/train_utils.py `generate_classifier`); the chunks laid over
+    the MLP in PyTorch's parameter order, each layer's weight [D_out, D_in] then its bias, input to
+    output (`layout='pytorch'`: mnets/mlp.py `MLP.weight_shapes`, chunked_hyper_model.py `forward`);
+    a fresh Adam for the hypernetwork at every task (mnist/train_splitMNIST.py `train_class_one_t`
+    creates its optimizers).
     Where ours differs (none expected to change a result beyond rounding):
       - one Adam over ψ, the old task embeddings' gradients zeroed, where theirs has one for θ and one
         for the current embedding: the old embeddings get no update either way (their Adam moments
@@ -151,7 +155,7 @@ def von_oswald_hnet(c: ml_collections.ConfigDict, *, beta: float, lr: float, epo
         our accuracy matrix holds both (its diagonal and its last row)"""
     c.model.update(arch="mlp", hidden_dims=tuple(mlp))
     c.data.update(image_size=image_size, channels=1, normalize=False)
-    c.hnet.update(kind="chunked", vectors_as_tables=False, dense_init="xavier", **chunked)
+    c.hnet.update(kind="chunked", vectors_as_tables=False, dense_init="xavier", layout="pytorch", **chunked)
     c.strategy.update(freeze_depth=0, beta=beta, order="first", lookahead_step="optimizer",
                       train_old_embeddings=False, copy_embedding=False)
     c.optim.lr = lr
@@ -249,6 +253,8 @@ RULES = (
     ("hnet.kind", _one_of(hypernetwork.HNET_KINDS), "heads: the paper's per-tensor heads; chunked: von Oswald et al."),
     ("hnet.dense_init", _one_of(hypernetwork.DENSE_INITS), "the hypernetwork's dense layers: pytorch (PyTorch's "
      "default, the paper's code) or xavier (Xavier uniform, zero biases: von Oswald et al.'s code)"),
+    ("hnet.layout", _one_of(hypernetwork.CHUNK_LAYOUTS), "how the chunked hypernetwork's chunks fall on the target: "
+     "flax (sorted paths, our shapes) or pytorch (von Oswald et al.'s MLP order, the MLP target only)"),
     ("strategy.freeze_depth", _integer(0, 4), "k frozen residual stages: 0 generates the whole network (HN-F), "
      "4 only the classifier"),
     ("train.epochs", _integer(1), "epochs per experience (the paper: 100)"),
@@ -270,8 +276,8 @@ RULES = (
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
-    """Checks every rule of RULES, that the MLP target (model.arch=mlp) runs with hn at k = 0, and that
-    a frozen_init names a run directory for a strategy with a frozen part (hn or lr at k ≥ 1);
+    """Checks every rule of RULES, that the MLP target (model.arch=mlp) runs with hn at k = 0, that
+    hnet.layout='pytorch' has a chunked hypernetwork and the MLP, and that a frozen_init names a run directory for a strategy with a frozen part (hn or lr at k ≥ 1);
     ConfigError naming each bad value, what it must be and why."""
     problems = []
     for field, (ok, must), why in RULES:
@@ -289,6 +295,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             problems.append(f"model.arch='mlp' has no frozen part: the hypernetwork generates every layer, so "
                             f"strategy.freeze_depth must be 0 (got {s.get('freeze_depth')!r}); drop FREEZE= (or set "
                             "FREEZE=0), or use --config.model.arch=resnet for a frozen trunk")
+    hnet = config.get("hnet", {})
+    if hnet.get("layout") == "pytorch" and (hnet.get("kind") != "chunked" or config.get("model", {}).get("arch") != "mlp"):
+        problems.append(f"hnet.layout='pytorch' lays the chunks over the MLP target in its layers' order: it needs "
+                        f"hnet.kind='chunked' and model.arch='mlp' (got {hnet.get('kind')!r}, "
+                        f"{config.get('model', {}).get('arch')!r}); use hnet.layout='flax' otherwise")
     frozen_init = s.get("frozen_init", "none")
     if frozen_init != "none":
         if s.get("name") not in ("hn", "lr") or not s.get("freeze_depth"):

@@ -71,6 +71,29 @@ def _target_leaves(target_shapes) -> list[tuple[str, tuple[int, ...], float]]:
     return leaves
 
 
+# How the chunked hypernetwork's flat output ω_gen is laid out over the target's tensors:
+#   'flax':    the tensors in sorted path order, each row-major in its own shape (a dense kernel [D_in, D_out])
+#   'pytorch': hypercl's (mnets/mlp.py `MLP.param_shapes`): layer after layer in forward order, each layer's
+#              weight then its bias, a dense weight row-major as PyTorch stores it, [D_out, D_in]
+CHUNK_LAYOUTS = ("flax", "pytorch")
+
+
+def _pytorch_order(heads: tuple[HeadSpec, ...], layer_order: tuple[str, ...]) -> tuple[HeadSpec, ...]:
+    """`heads` in PyTorch's parameter order: by layer as `layer_order` lists the target's top-level
+    names (input to output), a layer's 'kernel' before its 'bias'. ValueError if `layer_order` does
+    not name every layer, or a tensor other than a layer's kernel [D_in, D_out] or bias."""
+    layers = {h.path.split("/")[0] for h in heads}
+    if not layer_order or layers - set(layer_order):
+        raise ValueError(f"layout='pytorch' needs the target's layers in forward order (got {layer_order!r} for the "
+                         f"layers {sorted(layers)}): the MLP target gives them; use layout='flax' for other targets")
+    for h in heads:
+        leaf = h.path.split("/")[-1]
+        if h.path.count("/") != 1 or leaf not in ("kernel", "bias") or len(h.shape) != (2 if leaf == "kernel" else 1):
+            raise ValueError(f"layout='pytorch' lays out dense layers (a kernel [D_in, D_out] and a bias), not "
+                             f"{h.path} {h.shape}; use layout='flax'")
+    return tuple(sorted(heads, key=lambda h: (layer_order.index(h.path.split("/")[0]), h.path.endswith("bias"))))
+
+
 def target_heads(target_shapes) -> tuple[HeadSpec, ...]:
     """The head of every leaf of a target pytree (nested dicts of arrays/ShapeDtypeStructs)."""
     heads = []
@@ -323,6 +346,15 @@ class ChunkedHypernetwork:
     (U(±1/sqrt(fan_in)), PyTorch's default) or 'xavier' (Xavier uniform, zero biases: hypercl's
     `generate_classifier`, which von Oswald et al.'s MNIST results come from).
 
+    Layout (`layout`, CHUNK_LAYOUTS): which target value each chunk value becomes. Row k of W_out
+    makes value k of every chunk, so the layout decides which weights share a row. 'flax': sorted
+    path order, each tensor row-major in its own shape; 'pytorch': hypercl's order (an MLP's layers
+    input to output, weight [D_out, D_in] then bias). They are different networks: with 'flax' and
+    a chunk_dim that is a multiple of a kernel's D_out (SplitMNIST's 42,000 = 105·400, PermutedMNIST's
+    78,000 = 78·1000), a row of W_out makes the weights of one and the same neuron in every chunk,
+    so each first-layer neuron's weights come from a few hundred rows; in hypercl's [D_out, D_in]
+    order a row's values fall on different neurons. Measured on real SplitMNIST (docs/mnist.md).
+
     Params ψ: {'embeddings': [num_tasks, embedding_dim], 'chunk_embeddings': [n_c, d_c],
     'mlp': [dense]* (hidden layers), 'output': dense [hidden_dims[-1], chunk_dim],
     'tables': {path: [num_tasks, *shape]}}.
@@ -339,10 +371,13 @@ class ChunkedHypernetwork:
     chunk_embedding_dim: int = 32
     activation: str = "relu"
     dense_init: str = "pytorch"  # DENSE_INITS
+    layout: str = "flax"  # CHUNK_LAYOUTS
 
     def __post_init__(self):
         _check_activation(self.activation)
         _check_dense_init(self.dense_init)
+        if self.layout not in CHUNK_LAYOUTS:
+            raise ValueError(f"chunked hypernetwork: unknown layout {self.layout!r}; use one of {CHUNK_LAYOUTS}")
         for name in ("chunk_dim", "chunk_embedding_dim", "embedding_dim"):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or value <= 0:
@@ -351,11 +386,15 @@ class ChunkedHypernetwork:
             raise ValueError("chunked hypernetwork: hidden_dims must name at least one hidden layer")
 
     @classmethod
-    def for_target(cls, target_shapes, num_tasks: int, vectors_as_tables: bool = True,
-                   **kwargs) -> "ChunkedHypernetwork":
+    def for_target(cls, target_shapes, num_tasks: int, vectors_as_tables: bool = True, layout: str = "flax",
+                   layer_order: tuple[str, ...] = (), **kwargs) -> "ChunkedHypernetwork":
+        """For a target's parameter shapes; `layer_order`: its top-level layer names input to output
+        (needed by layout='pytorch' only)."""
         heads = tuple(HeadSpec(path, "table" if vectors_as_tables and len(shape) == 1 else "chunk", shape, init)
                       for path, shape, init in _target_leaves(target_shapes))
-        return cls(heads=heads, num_tasks=num_tasks, **kwargs)
+        if layout == "pytorch":
+            heads = _pytorch_order(heads, tuple(layer_order))
+        return cls(heads=heads, num_tasks=num_tasks, layout=layout, **kwargs)
 
     @property
     def num_generated(self) -> int:
@@ -402,7 +441,9 @@ class ChunkedHypernetwork:
             if head.kind == "table":
                 out[head.path] = psi["tables"][head.path][task_id]
             else:
-                out[head.path] = flat[offset:offset + head.size].reshape(head.shape)
+                values = flat[offset:offset + head.size]
+                out[head.path] = (values.reshape(head.shape[::-1]).T if self.layout == "pytorch" and len(head.shape) == 2
+                                  else values.reshape(head.shape))
                 offset += head.size
         return traverse_util.unflatten_dict(out, sep="/")
 
@@ -461,15 +502,17 @@ HNET_KINDS = ("heads", "chunked")
 _KIND_OPTIONS = {
     "heads": ("embedding_dim", "hidden_dims", "head_embedding_dim", "activation", "dense_init"),
     "chunked": ("embedding_dim", "hidden_dims", "chunk_dim", "chunk_embedding_dim", "activation",
-                "vectors_as_tables", "dense_init"),
+                "vectors_as_tables", "dense_init", "layout"),
 }
 
 
-def build_hypernetwork(kind: str, target_shapes, num_tasks: int, **options):
+def build_hypernetwork(kind: str, target_shapes, num_tasks: int, layer_order: tuple[str, ...] = (), **options):
     """H_ψ of `kind` ('heads': `Hypernetwork`; 'chunked': `ChunkedHypernetwork`) for a target.
 
     `options` may hold the options of both kinds (e.g. all of `config.hnet`); each kind takes its
     own (`_KIND_OPTIONS`) and ignores the other's. An option of neither kind is an error.
+    `layer_order`: the target's top-level layer names input to output (the chunked kind's
+    layout='pytorch' needs them).
     """
     if kind not in HNET_KINDS:
         raise ValueError(f"unknown hypernetwork kind {kind!r}; use one of {HNET_KINDS}")
@@ -478,4 +521,6 @@ def build_hypernetwork(kind: str, target_shapes, num_tasks: int, **options):
         raise ValueError(f"unknown hypernetwork option(s) {unknown}; the options of each kind: {_KIND_OPTIONS}")
     cls = Hypernetwork if kind == "heads" else ChunkedHypernetwork
     kwargs = {k: tuple(v) if k == "hidden_dims" else v for k, v in options.items() if k in _KIND_OPTIONS[kind]}
+    if kind == "chunked":
+        kwargs["layer_order"] = tuple(layer_order)
     return cls.for_target(target_shapes, num_tasks, **kwargs)

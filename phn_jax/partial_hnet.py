@@ -44,7 +44,8 @@ class PartialHypernetwork:
                              "generates every layer); use the ResNet for k ≥ 1")
         shapes = jax.eval_shape(lambda: cls._init_net(jax.random.key(0), net))
         omega_shapes = shapes if mlp else models.split_params(shapes, k)[1]
-        return cls(net, k, build_hypernetwork(kind, omega_shapes, num_tasks, **hnet_kwargs), norm)
+        layer_order = tuple(name for name, _, _ in net.layers()) if mlp else ()
+        return cls(net, k, build_hypernetwork(kind, omega_shapes, num_tasks, layer_order, **hnet_kwargs), norm)
 
     @staticmethod
     def _init_net(key, net) -> dict:

@@ -228,6 +228,68 @@ def test_chunked_against_direct_formula():
     np.testing.assert_array_equal(omega["norm"]["bias"], psi["tables"]["norm/bias"][t])
 
 
+def test_the_pytorch_layout_is_hypercls_parameter_order():
+    """layout='pytorch': the flat chunk output v_1 ; ... ; v_nc (computed in NumPy as above) is hypercl's
+    MLP parameter list (mnets/mlp.py): fc1's weight [D_out, D_in] row-major, fc1's bias, then fc2, then
+    the classifier; ours are the transposes. 'flax' takes the sorted paths (classifier first) in our
+    shapes. And the layouts differ where it matters: a chunk_dim that is a multiple of fc1's outputs
+    puts one row of W_out on the same neuron in every chunk with 'flax', on different ones with 'pytorch'."""
+    net = models.MLPConfig(in_features=6, hidden_dims=(5, 4), num_classes=2, num_heads=2)
+    flat_of = {}
+    for layout in ("pytorch", "flax"):
+        model = PartialHypernetwork.create(net, 0, num_tasks=3, kind="chunked", embedding_dim=3, hidden_dims=(4,),
+                                           chunk_dim=10, chunk_embedding_dim=2, vectors_as_tables=False,
+                                           layout=layout)
+        hnet = model.hnet
+        psi = hnet.init(jax.random.key(0))
+        p = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float64), psi)
+        t = 1
+        chunks = []
+        for c in p["chunk_embeddings"]:
+            h = np.maximum(np.concatenate([p["embeddings"][t], c]) @ p["mlp"][0]["kernel"] + p["mlp"][0]["bias"], 0)
+            chunks.append(h @ p["output"]["kernel"] + p["output"]["bias"])
+        flat_of[layout] = flat = np.concatenate(chunks)
+        omega = hnet.apply(psi, t)
+        if layout == "pytorch":
+            expect, offset = {}, 0
+            for name, d_in, d_out in net.layers():  # fc1 6->5, fc2 5->4, classifier 4->4
+                expect[name] = {"kernel": flat[offset:offset + d_in * d_out].reshape(d_out, d_in).T}
+                offset += d_in * d_out
+                expect[name]["bias"] = flat[offset:offset + d_out]
+                offset += d_out
+        else:  # sorted: classifier/bias, classifier/kernel, fc1/bias, fc1/kernel, fc2/bias, fc2/kernel
+            expect, offset = {}, 0
+            for name, d_in, d_out in sorted(net.layers()):
+                expect[name] = {"bias": flat[offset:offset + d_out]}
+                offset += d_out
+                expect[name]["kernel"] = flat[offset:offset + d_in * d_out].reshape(d_in, d_out)
+                offset += d_in * d_out
+        assert offset == hnet.num_generated == 6 * 5 + 5 + 5 * 4 + 4 + 4 * 4 + 4
+        chex.assert_trees_all_close(omega, expect, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="forward order"):  # a target whose layer order is not given
+        build_hypernetwork("chunked", SMALL_TARGET, layout="pytorch", **SMALL_CHUNKED)
+    with pytest.raises(ValueError, match="unknown layout"):
+        build_hypernetwork("chunked", SMALL_TARGET, layout="torch", **SMALL_CHUNKED)
+
+
+def test_which_neuron_a_row_of_the_chunked_output_layer_makes():
+    """Value k of every chunk comes from row k of W_out. With fc1 [784, 400] and chunks of 42,000
+    (SplitMNIST's, 105·400), 'flax' ([D_in, D_out] rows) puts value k of every chunk that falls in fc1's
+    kernel on one and the same neuron; 'pytorch' (hypercl's [D_out, D_in] rows) each on another."""
+    net = models.MLPConfig(in_features=784, hidden_dims=(400, 400), num_classes=2, num_heads=5)
+    for layout in ("flax", "pytorch"):
+        hnet = PartialHypernetwork.create(net, 0, num_tasks=5, kind="chunked", chunk_dim=42_000,
+                                          vectors_as_tables=False, layout=layout).hnet
+        heads = [h.path for h in hnet.heads]
+        start = sum(h.size for h in hnet.heads[:heads.index("fc1/kernel")])
+        k = 123
+        inside = [i * hnet.chunk_dim + k - start for i in range(hnet.num_chunks)
+                  if 0 <= i * hnet.chunk_dim + k - start < 784 * 400]
+        neurons = {q % 400 for q in inside} if layout == "flax" else {q // 784 for q in inside}
+        assert len(inside) == 7 or len(inside) == 8
+        assert len(neurons) == (1 if layout == "flax" else len(inside)), (layout, neurons)
+
+
 @pytest.mark.parametrize("kind", ["heads", "chunked"])
 def test_both_kinds_generate_exactly_the_target_pytree_and_vmap(kind):
     cfg = models.ResNetConfig(num_classes=5)

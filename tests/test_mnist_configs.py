@@ -40,6 +40,9 @@ def test_config_builds_their_mlp_and_chunked_hn(name, tasks, classes, shape, hid
     hnet = hn.model.hnet
     assert isinstance(hnet, ChunkedHypernetwork) and hn.model.freeze_depth == 0 and hnet.num_tasks == tasks
     assert {k: getattr(hnet, k) for k in chunked} == chunked
+    # hypercl's parameter order: fc1 (weight, bias), fc2, the classifier
+    assert hnet.layout == "pytorch" and [h.path for h in hnet.heads] == [
+        f"{layer}/{leaf}" for layer in ("fc1", "fc2", "classifier") for leaf in ("kernel", "bias")]
     assert (hn.lookahead_step, hn.order, hn.train_old_embeddings, hn.copy_embedding) == ("optimizer", "first", False,
                                                                                           False)
     assert hn.beta == {"permuted_mnist": 0.1, "split_mnist": 0.01}[name]
@@ -55,17 +58,20 @@ def test_config_builds_their_mlp_and_chunked_hn(name, tasks, classes, shape, hid
     assert hn.memory(state)["replay_buffer_mb"] == 200 * shape[0] * shape[1] * 4 / 2**20
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("strategy.freeze_depth", 2, "strategy.freeze_depth must be 0"),
-    ("strategy.name", "naive", "runs with strategy hn only"),
+@pytest.mark.parametrize("field, value, message, advice", [
+    ("strategy.freeze_depth", 2, "strategy.freeze_depth must be 0", "model.arch=resnet"),
+    ("strategy.name", "naive", "runs with strategy hn only", "model.arch=resnet"),
+    ("model.arch", "resnet", "hnet.layout='pytorch' lays the chunks over the MLP", "hnet.layout='flax'"),
+    ("hnet.kind", "heads", "hnet.layout='pytorch' lays the chunks over the MLP", "hnet.layout='flax'"),
+    ("hnet.layout", "torch", "hnet.layout='torch' must be one of flax, pytorch", "--config.<field>"),
 ])
-def test_mlp_config_errors_say_what_to_do(field, value, message):
+def test_mlp_config_errors_say_what_to_do(field, value, message, advice):
     config = load_config(ROOT / "experiments" / "configs" / "permuted_mnist.py")
     section, key = field.split(".")
     config[section][key] = value
     with pytest.raises(ConfigError, match=message) as err:
         check_config(config)
-    assert "model.arch=resnet" in str(err.value)
+    assert advice in str(err.value)
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")

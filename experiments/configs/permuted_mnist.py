@@ -21,6 +21,9 @@ each with the file that sets it:
     e_t ∈ R^24, chunk embeddings c_i ∈ R^8, hidden layers 25-25 with ELU, chunks of 78,000 values
     (`class_temb_size`, `class_emb_size`, `class_hnet_arch`, `class_hnet_act`,
     `class_hyper_chunks`, `_set_default_permuted`)
+  - the chunks laid over the MLP in PyTorch's parameter order: fc1's weight [out, in] row-major, its
+    bias, fc2's, then the output layer's (mnets/mlp.py `MLP.weight_shapes`; chunked_hyper_model.py
+    `forward` cuts the chunks' concatenation into them): `hnet.layout='pytorch'`
   - β = 0.1 for the output regulariser (`class_beta`, `_set_default_permuted`; the argparse default
     0.01 is overridden), averaged over the previous tasks as ours
   - Adam, lr 1e-4, batch 128, 5,000 iterations per task (`class_lr`, `batch_size`, `n_iter`,
