@@ -28,6 +28,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -294,11 +295,19 @@ def read_latest(workdir: str | os.PathLike) -> tuple[int, dict, dict]:
     return saved[-1], jax.device_get(state), meta
 
 
-def verify_run(workdir: str | os.PathLike) -> list[tuple[int, str | None, str]]:
+class Verified(NamedTuple):
+    """What `verify_run` found in one checkpoint."""
+
+    step: int
+    damage: str | None  # why it is damaged; None when it was read whole
+    description: str    # what it holds and what was checked ('' when damaged)
+    verified: bool      # its digests were checked (False: format 4, written before checksums)
+
+
+def verify_run(workdir: str | os.PathLike) -> list[Verified]:
     """Reads every checkpoint in `workdir` (the directory holding checkpoints/: for one seed of a
     multi-seed run, its group's, `rundir.checkpointed_run`) and checks it against its digests, changing
-    nothing: [(step, None when intact else why it is damaged, a description)], oldest first.
-    CheckpointError when there is no checkpoint."""
+    nothing: one `Verified` per checkpoint, oldest first. CheckpointError when there is no checkpoint."""
     workdir = Path(workdir)
     directory = workdir.absolute() / CHECKPOINT_DIR
     saved = steps(directory)
@@ -312,15 +321,15 @@ def verify_run(workdir: str | os.PathLike) -> list[tuple[int, str | None, str]]:
             with stderr_to(errors, f"verifying checkpoint {step}"):
                 state, meta, checked = _read(mngr, step)
         except _Damaged as err:
-            out.append((step, str(err), ""))
+            out.append(Verified(step, str(err), "", False))
             continue
         sizes = [np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(state)]
         progress = meta.get("progress", {})
         at = progress[0] if isinstance(progress, list) else progress
-        out.append((step, None, f"{len(sizes)} arrays, {sum(sizes) / 1e6:.1f} MB, experience "
-                                f"{at.get('experience', '?')} epoch {at.get('epoch', '?')}; " +
-                    (f"its {checked} match their {DIGEST}" if checked else
-                     "written before checksums (format 4): not verifiable")))
+        out.append(Verified(step, None, f"{len(sizes)} arrays, {sum(sizes) / 1e6:.1f} MB, experience "
+                                        f"{at.get('experience', '?')} epoch {at.get('epoch', '?')}; " +
+                            (f"its {checked} match their {DIGEST}" if checked else
+                             "written before checksums (format 4): nothing to check it against"), bool(checked)))
     return out
 
 

@@ -174,10 +174,11 @@ def verify_or_exit(workdir: str) -> None:
         results = checkpoint.verify_run(rundir.checkpointed_run(workdir)[0])
     except CheckpointError as err:
         _exit_with(f"error: {err}", None)
-    for step, damage, description in results:
-        print(f"checkpoint {step}: " + (f"intact ({description})" if damage is None else f"DAMAGED: {damage}"))
-    damaged = [step for step, damage, _ in results if damage is not None]
-    intact = [step for step, damage, _ in results if damage is None]
+    for r in results:
+        print(f"checkpoint {r.step}: " + (f"DAMAGED: {r.damage}" if r.damage is not None else
+                                          f"{'intact' if r.verified else 'readable, not verifiable'} ({r.description})"))
+    damaged = [r.step for r in results if r.damage is not None]
+    intact = [r.step for r in results if r.damage is None]
     if damaged:
         if intact:
             then = (f"--resume (RESUME=1) resumes from the newest intact one, checkpoint {max(intact)}" +
@@ -186,7 +187,10 @@ def verify_or_exit(workdir: str) -> None:
             then = "none is intact: restore them from a backup, or start a new --workdir"
         _exit_with(f"error: {len(damaged)} of {len(results)} checkpoints of {workdir} are damaged "
                    f"({', '.join(map(str, damaged))}); {then}.", None)
-    print(f"all {len(results)} checkpoints intact")
+    unverified = [r.step for r in results if not r.verified]
+    print(f"all {len(results)} checkpoints intact" if not unverified else
+          f"{len(results) - len(unverified)} of {len(results)} checkpoints verified intact; "
+          f"{', '.join(map(str, unverified))} read whole but written before checksums (format 4), so not verifiable")
 
 
 def main(argv):

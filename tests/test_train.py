@@ -182,9 +182,9 @@ def test_resume_refuses_another_config_or_format(hn_run, tmp_path, monkeypatch):
     assert not (workdir / "checkpoints-damaged").exists()
 
 
-def test_a_checkpoint_of_format_4_is_resumed_unverified(hn_run, tmp_path):
+def test_a_checkpoint_of_format_4_is_resumed_unverified(hn_run, tmp_path, capsys):
     """Format 4 (before checksums: no `digests` item, no files.sha256; the same state and meta) resumes,
-    saying that it was not verified."""
+    saying that it was not verified; `--verify` reads it whole but does not call it verified."""
     workdir, summary = hn_run
     run = tmp_path / "run"
     shutil.copytree(workdir, run)
@@ -194,6 +194,13 @@ def test_a_checkpoint_of_format_4_is_resumed_unverified(hn_run, tmp_path):
         (here / checkpoint.FILES).unlink()
         meta = json.loads((here / "meta" / "metadata").read_text())
         (here / "meta" / "metadata").write_text(json.dumps({**meta, "format_version": 4}))
+    found = checkpoint.verify_run(run)  # --verify: read whole, but not called verified
+    assert found and all(r.damage is None and not r.verified and "format 4" in r.description for r in found)
+    main.verify_or_exit(str(run))
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:-1] == [f"checkpoint {r.step}: readable, not verifiable ({r.description})" for r in found]
+    assert lines[-1] == (f"0 of {len(found)} checkpoints verified intact; {', '.join(str(r.step) for r in found)} "
+                         "read whole but written before checksums (format 4), so not verifiable")
     resumed = train.train_and_evaluate(tiny_config(), run, resume=True)
     assert resumed["accuracy_matrix"] == summary["accuracy_matrix"]
     assert "checkpoint 120 was written before checksums (format 4): restored without verifying it" in \
@@ -342,8 +349,8 @@ def test_verify_checks_every_checkpoint_and_changes_nothing(hn_run, tmp_path):
     data[len(data) // 2] ^= 0x10  # one bit
     older.write_bytes(bytes(data))
     before = sorted((p, p.stat().st_mtime_ns) for p in run.rglob("*"))
-    (first, damage, _), (second, intact, _) = checkpoint.verify_run(run)  # (`--verify`'s exit 2: test_system)
-    assert (first, second, intact) == (steps[0], steps[1], None)
+    (first, damage, _, _), (second, intact, _, verified) = checkpoint.verify_run(run)  # (`--verify`'s exit 2: test_system)
+    assert (first, second, intact, verified) == (steps[0], steps[1], None, True)
     assert damage == f"its file {older.relative_to(run / checkpoint.CHECKPOINT_DIR / str(first)).as_posix()} does not match its checksum (its " \
                      "bytes changed on disk)"
     assert sorted((p, p.stat().st_mtime_ns) for p in run.rglob("*")) == before
