@@ -286,8 +286,11 @@ def summarize(
     sample right when its task is inferred right and its class is right (accuracy on the global
     label (task, class)), ``task_inference[i, j]`` = fraction of experience j's samples whose task
     is inferred right. The summary then also holds ``class_incremental_accuracy`` and
-    ``task_inference_accuracy`` (their ACA: ``mean_j M[n-1, j]``), ``class_incremental_matrix``,
-    ``task_inference_matrix``, and ``per_experience`` lists of both accuracies after each experience.
+    ``task_inference_accuracy`` (their ACA: ``mean_j M[n-1, j]``), ``class_incremental_during`` and
+    ``task_inference_during`` (each experience tested right after it was learned, the inference over
+    the experiences learned so far: ``mean_j M[j, j]``, von Oswald et al.'s "during" accuracy, hypercl's
+    ``acc_during_mean``), ``class_incremental_matrix``, ``task_inference_matrix``, and
+    ``per_experience`` lists of both accuracies after each experience.
     """
     R = as_accuracy_matrix(R)
     n = completed_experiences(R)
@@ -323,6 +326,7 @@ def summarize(
                                  f"{n} completed rows; got shape {M.shape}")
             per_experience[f"{name}_accuracy"] = [average_classification_accuracy(M, i) for i in range(n)]
             without_task_ids[f"{name}_accuracy"] = per_experience[f"{name}_accuracy"][-1]
+            without_task_ids[f"{name}_during"] = learning_accuracy(M, n - 1)
             without_task_ids[f"{name}_matrix"] = lower(M)
     return jsonable(
         {
@@ -344,7 +348,7 @@ def summarize(
 
 #: The summary values `aggregate_seeds` reports as mean ± std (those a summary holds).
 AGGREGATED = ("aca", "learning_accuracy", "forgetting", "bwt", "class_incremental_accuracy",
-              "task_inference_accuracy", "total_time_s")
+              "task_inference_accuracy", "class_incremental_during", "task_inference_during", "total_time_s")
 #: The per-experience lists it reports, experience by experience.
 AGGREGATED_PER_EXPERIENCE = ("accuracy_when_learned", "final_accuracy", "aca")
 

@@ -203,6 +203,9 @@ def test_summarize_without_task_ids():
     assert json.loads(json.dumps(summary, allow_nan=False)) == summary
     assert summary["class_incremental_accuracy"] == approx((0.40 + 0.60 + 0.75) / 3)
     assert summary["task_inference_accuracy"] == approx((0.6 + 0.7 + 0.9) / 3)
+    # "during": each experience right after it was learned, the diagonal (hypercl's acc_during_mean)
+    assert summary["task_inference_during"] == approx((1.0 + 0.8 + 0.9) / 3)
+    assert summary["class_incremental_during"] == approx(np.mean([R4[i, i] - 0.1 for i in range(3)]))
     assert summary["per_experience"]["task_inference_accuracy"] == approx([1.0, 0.65, 2.2 / 3])
     assert summary["per_experience"]["class_incremental_accuracy"] == approx(
         [0.7, (0.5 + 0.8) / 2, (0.40 + 0.60 + 0.75) / 3])

@@ -157,18 +157,20 @@ def table6(groups, paper) -> list[str]:
 def table_von_oswald(groups, paper) -> list[str]:
     """von Oswald et al.'s Table 1: HNET on their MNIST streams; CL1 (task given: our ACA) beside their
     number, our learning accuracy and forgetting, and ours with the task inferred by entropy
-    (HNET+ENT: class-incremental and task-inference accuracy)."""
+    (HNET+ENT: class-incremental accuracy after the last task and "during", each task right after it
+    was learned among the tasks so far, as hypercl's acc_during_mean; task-inference accuracy)."""
     rows, notes = [], []
     for stream in VON_OSWALD_STREAMS:
         g, name = find(groups, stream, "HNET", None, notes)
         if g is not None:
             cl1 = cells(_ours(g.aggregate, "aca"), paper_value(paper, "vo1", stream, "HNET", "aca"), 2)
             ours = [_cell(_ours(g.aggregate, m), 2) for m in ("learning_accuracy", "forgetting",
-                                                              "class_incremental_accuracy", "task_inference_accuracy")]
+                                                              "class_incremental_accuracy", "class_incremental_during",
+                                                              "task_inference_accuracy")]
             rows.append([title(stream), name, *cl1, *ours])
     return _table("von Oswald et al. (ICLR 2020), Table 1: accuracy (%) after the last task",
                   ["stream", "method", "ours CL1", "paper CL1", "Δ CL1", "ours learning accuracy", "ours forgetting",
-                   "ours HNET+ENT (class-incremental)", "ours task inference"], rows, notes)
+                   "ours HNET+ENT (class-incremental)", "ours HNET+ENT during", "ours task inference"], rows, notes)
 
 
 def transfer_results(groups) -> dict[tuple[str, str], dict[str, list]]:
