@@ -277,8 +277,9 @@ RULES = (
 
 def check_config(config: ml_collections.ConfigDict) -> None:
     """Checks every rule of RULES, that the MLP target (model.arch=mlp) runs with hn at k = 0, that
-    hnet.layout='pytorch' has a chunked hypernetwork and the MLP, and that a frozen_init names a run directory for a strategy with a frozen part (hn or lr at k ≥ 1);
-    ConfigError naming each bad value, what it must be and why."""
+    hnet.layout='pytorch' has a chunked hypernetwork and the MLP, and that a frozen_init names a run
+    directory for a strategy with a frozen part (hn or lr at k ≥ 1); ConfigError naming each bad
+    value, what it must be and why."""
     problems = []
     for field, (ok, must), why in RULES:
         node = config
