@@ -148,7 +148,7 @@ def stderr_to(path: Path | None, what: str):
     saved = os.dup(2)
     failed = True
     try:
-        with f, contextlib.redirect_stderr(f):  # Python's writes too, where sys.stderr is not fd 2
+        with contextlib.redirect_stderr(f):  # Python's writes too, where sys.stderr is not fd 2
             os.dup2(f.fileno(), 2)
             try:
                 yield
@@ -157,7 +157,7 @@ def stderr_to(path: Path | None, what: str):
                 if failed:
                     time.sleep(0.5)  # the failing read's or write's callbacks report from other threads,
                     gc.collect()  # and its abandoned coroutines when they are collected
-                sys.stderr.flush()
+                # fd 2 back first: flushing f fails on a full disk, and must not leave the terminal on f
                 os.dup2(saved, 2)
                 with contextlib.suppress(OSError):
                     f.flush()
@@ -165,6 +165,8 @@ def stderr_to(path: Path | None, what: str):
                         f.truncate(start)
     finally:
         os.close(saved)
+        with contextlib.suppress(OSError):  # (its buffer cannot be written to a full disk)
+            f.close()
         if path is not None:
             with contextlib.suppress(OSError):
                 if path.stat().st_size == 0:

@@ -3,8 +3,10 @@ resume after an interruption, and the errors that protect a run."""
 import errno
 import hashlib
 import json
+import os
 import re
 import shutil
+import sys
 import types
 from pathlib import Path
 
@@ -443,3 +445,18 @@ def test_frozen_init_loads_phi_and_never_trains_it(hn_run, tmp_path):
                        ({"model.norm": "batchnorm"}, "needs model.norm='reference'")):
         with pytest.raises(ConfigError, match=match):
             check_config(tiny_config(**{"strategy.frozen_init": str(source), **bad}))
+
+
+def test_stderr_comes_back_when_its_file_fills_the_disk(tmp_path):
+    """`checkpoint.stderr_to` diverts fd 2 to the errors file for a save or a restore. On a full disk
+    the file's last buffered writes cannot be flushed: fd 2 must come back to the terminal all the
+    same (else the clear error printed next goes into the file: a flaky full-disk system test showed
+    exactly that). Here the file's descriptor is swapped for /dev/full inside the block."""
+    before = os.fstat(2)
+    with checkpoint.stderr_to(tmp_path / "errors.txt", "a save on a full disk"):
+        print("something orbax printed", file=sys.stderr)  # buffered in the file object
+        full = os.open("/dev/full", os.O_WRONLY)
+        os.dup2(full, sys.stderr.fileno())  # its flush now fails with ENOSPC
+        os.close(full)
+    after = os.fstat(2)
+    assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)
