@@ -69,13 +69,15 @@ REPLAY   ?= 1
 FROZEN_INIT ?=
 # Run names: hn<k>_<order>, lr<k>_c<replay coef>, naive, ewc, joint; _pretrained with FROZEN_INIT; then _seed<seed>
 # (with SEEDS, each seed's results in _seed<s> and the group's checkpoints, log and aggregate in _seeds<s1>-<s2>-...).
-NAME      = $(STRATEGY)$(if $(filter hn,$(STRATEGY)),$(FREEZE)_$(ORDER))$(if $(filter lr,$(STRATEGY)),$(FREEZE)_c$(REPLAY))$(if $(FROZEN_INIT),_pretrained)_seed$(if $(SEEDS),{seed},$(SEED))
+# SCENARIO=1|2|3: van de Ven & Tolias' scenario the MNIST MLP trains for (strategy.scenario; 2: one head for all tasks)
+SCENARIO ?=
+NAME      = $(STRATEGY)$(if $(filter hn,$(STRATEGY)),$(FREEZE)_$(ORDER))$(if $(filter lr,$(STRATEGY)),$(FREEZE)_c$(REPLAY))$(if $(SCENARIO),_cl$(SCENARIO))$(if $(FROZEN_INIT),_pretrained)_seed$(if $(SEEDS),{seed},$(SEED))
 # $(call run,<config file>,<workdir>)
 run       = $(if $(DATA_DIR),TFDS_DATA_DIR=$(DATA_DIR)) $(PY) -m phn_jax.main --config $(1) --workdir $(2) \
             $(if $(RESUME),--resume) --config.seed=$(SEED) --config.train.epochs=$(EPOCHS) --config.strategy.name=$(STRATEGY) \
             --config.strategy.freeze_depth=$(FREEZE) --config.strategy.order=$(ORDER) \
             --config.strategy.replay_coef=$(REPLAY) $(if $(SEEDS),--config.seeds=$(SEEDS)) \
-            $(if $(FROZEN_INIT),--config.strategy.frozen_init=$(FROZEN_INIT)) $(ARGS)
+            $(if $(FROZEN_INIT),--config.strategy.frozen_init=$(FROZEN_INIT)) $(if $(SCENARIO),--config.strategy.scenario=$(SCENARIO)) $(ARGS)
 
 .PHONY: demo cifar100 tinyimagenet noisy ablation-order permuted-mnist split-mnist pretrain
 demo: $(STAMP) ## HN-k against fine-tuning on Split-Digits: offline, minutes on a laptop CPU; prints a table
@@ -96,16 +98,19 @@ pretrain: $(STAMP) ## multitask pretraining for FROZEN_INIT: Joint (every task's
 	$(MAKE) --no-print-directory $(STREAM) STRATEGY=joint
 
 # von Oswald et al.'s MNIST streams: their settings in the config files, their MLP target generated whole
-# (k = 0: FREEZE other than 0, or a STRATEGY other than hn, is a config error) and their iterations as
-# epochs, unless given on the command line.
+# (k = 0: FREEZE other than 0 is a config error) and their iterations as epochs, unless given on the command
+# line. METHOD=hnet (default: the hypernetwork classifier, evaluated with the task given and by entropy,
+# HNET+ENT) | tir (HNET+TIR) | replay (HNET+R, with SCENARIO=2 or 3).
+METHOD ?= hnet
 permuted-mnist split-mnist: FREEZE = 0
+permuted-mnist split-mnist: STRATEGY = $(if $(filter hnet,$(METHOD)),hn,$(METHOD))
 permuted-mnist: EPOCHS = 11
 split-mnist: EPOCHS = 21
 
-permuted-mnist: $(STAMP) ## PermutedMNIST-10 (von Oswald et al.): their 1024-1000-1000 MLP (a head per task) from a chunked hypernetwork, their settings; ORDER= SEED= SEEDS= EPOCHS=11
+permuted-mnist: $(STAMP) ## PermutedMNIST-10 (von Oswald et al.): their 1024-1000-1000 MLP from a chunked hypernetwork, their settings; METHOD=hnet|tir|replay SCENARIO=1|2|3 ORDER= SEED= SEEDS= EPOCHS=11
 	$(call run,experiments/configs/permuted_mnist.py,$(RUNS)/permuted_mnist/$(NAME))
 
-split-mnist: $(STAMP) ## SplitMNIST 5x2 (von Oswald et al.): their 784-400-400 MLP (a head per task) from a chunked hypernetwork, their settings; ORDER= SEED= SEEDS= EPOCHS=21
+split-mnist: $(STAMP) ## SplitMNIST 5x2 (von Oswald et al.): their 784-400-400 MLP from a chunked hypernetwork, their settings; METHOD=hnet|tir|replay SCENARIO=1|2|3 ORDER= SEED= SEEDS= EPOCHS=21
 	$(call run,experiments/configs/split_mnist.py,$(RUNS)/split_mnist/$(NAME))
 
 ablation-order: $(STAMP) ## Table 5: first- vs second-order look-ahead for k=0..4 on Split-CIFAR100, then the report of runs/cifar100

@@ -23,7 +23,9 @@ import ml_collections
 from phn_jax import hypernetwork, lookahead, models
 from phn_jax.data import STREAMS, default_data_config
 from phn_jax.programs import SEED_AXES
-from phn_jax.strategies import STRATEGIES
+from phn_jax.strategies import MLP_ONLY, SCENARIOS as REPLAY_SCENARIOS, STRATEGIES
+
+MLP_STRATEGIES = ("hn",) + MLP_ONLY
 
 
 def base_config(stream: str) -> ml_collections.ConfigDict:
@@ -75,6 +77,21 @@ def base_config(stream: str) -> ml_collections.ConfigDict:
         # run directory (or one seed's of a multi-seed run) whose newest checkpoint gives them, frozen from the
         # start, as the reference scripts load φ from a model trained beforehand (`make pretrain`: Joint)
         frozen_init="none",
+        # van de Ven & Tolias' scenario the MLP trains for (model.arch=mlp): 1 (a head per task, the task given)
+        # or 3 (a head per task, the task inferred) | 2 (one head shared by all tasks); replay: 2 or 3
+        scenario=1,
+    ))
+    # tir, replay (von Oswald et al.'s HNET+TIR and HNET+R): the generative memory, a VAE whose decoder a chunked
+    # hypernetwork generates (phn_jax.strategies.replay), at hypercl's SplitMNIST values (experiments/configs)
+    c.replay = ml_collections.ConfigDict(dict(
+        encoder_dims=(400, 400), decoder_dims=ml_collections.ConfigDict(dict(tir=(50, 150), replay=(250, 350))),
+        latent_dim=100, condition_dim=100,  # z ∈ R^L; the task's one-hot condition of the decoder ∈ R^K
+        lr=1e-3, beta=0.01,                 # the VAE's Adam; β of its decoder hypernetwork's output regulariser
+        replay_weight=0.5,                  # λ: (1 − λ) loss on the current batch + λ loss on the replayed one
+        temperature=2.0,                    # replay: the distillation's softmax temperature τ
+        hnet=ml_collections.ConfigDict(dict(embedding_dim=96, chunk_embedding_dim=96, hidden_dims=(10, 10),
+                                            activation="elu", chunk_dim=50_000, vectors_as_tables=False,
+                                            dense_init="xavier", layout="pytorch")),
     ))
     c.optim = ml_collections.ConfigDict(dict(lr=1e-3, eps_root=0.0))
     # num_devices: the mesh's devices (0: every device of every process); batch sizes are global
@@ -160,6 +177,21 @@ def von_oswald_hnet(c: ml_collections.ConfigDict, *, beta: float, lr: float, epo
                       train_old_embeddings=False, copy_embedding=False)
     c.optim.lr = lr
     c.train.update(epochs=epochs, batch_size=128)
+    return c
+
+
+def von_oswald_replay(c: ml_collections.ConfigDict, *, encoder_dims: tuple[int, ...], decoder_dims_tir: tuple[int, ...],
+                      decoder_dims_replay: tuple[int, ...], lr: float, beta: float, **hnet) -> ml_collections.ConfigDict:
+    """von Oswald et al.'s generative memory on `c` (strategies tir and replay), as hypercl's
+    mnist/train_args_default.py sets it: the VAE's encoder (`enc_fc_arch`) and decoder (`dec_fc_arch`:
+    one for HNET+TIR, one for HNET+R), its Adam (`enc_lr`, `dec_lr`, `dec_lr_emb`), its decoder's
+    chunked hypernetwork (`rp_*`: `hnet`, and β = `rp_beta`); the rest at `base_config`'s values,
+    theirs for both streams: latent 100 (`latent_dim`), a one-hot task condition of 100
+    (`conditional_replay`, `conditional_dim`), λ = 0.5 (`l_rew`, mnist/train_args.py), distillation at
+    τ = 2 (mnets/classifier_interface.py), Xavier init and zero biases (mnist/replay/train_utils_replay.py)."""
+    c.replay.update(encoder_dims=tuple(encoder_dims), lr=lr, beta=beta)
+    c.replay.decoder_dims.update(tir=tuple(decoder_dims_tir), replay=tuple(decoder_dims_replay))
+    c.replay.hnet.update(**hnet)
     return c
 
 
@@ -268,6 +300,11 @@ RULES = (
     ("model.num_classes", _integer(1), "outputs of each task head"),
     ("model.blocks_per_stage", _positive_ints(4, "four integers ≥ 1"),
      "the BasicBlocks of each of the four stages (the paper: 2,2,2,2)"),
+    ("strategy.scenario", _one_of((1, 2, 3)), "van de Ven & Tolias' CL1, CL2 (one head for all tasks) or CL3"),
+    ("replay.latent_dim", _integer(1), "the VAE's latent dimension"),
+    ("replay.lr", _number(0, strict=True), "the VAE's Adam learning rate"),
+    ("replay.beta", _number(0, strict=False), "β of the VAE decoder hypernetwork's output regulariser"),
+    ("replay.replay_weight", _number(0, strict=False), "λ of the replayed batch's loss, in [0, 1]"),
     ("checkpoint.max_to_keep", _integer(1), "checkpoints kept; a run needs at least its latest to resume"),
     ("checkpoint.every_minutes", _number(0, strict=True), "minutes between checkpoints inside an experience"),
     ("seed", _integer(0), "the run's seed"),
@@ -289,9 +326,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             problems.append(f"{field}={node!r} must be {must} ({why})")
     s = config.get("strategy", {})
     if config.get("model", {}).get("arch") == "mlp":
-        if s.get("name") != "hn":
-            problems.append(f"model.arch='mlp' runs with strategy hn only (got {s.get('name')!r}): the baselines "
-                            "use the multi-head ResNet; set --config.model.arch=resnet for them")
+        if s.get("name") not in MLP_STRATEGIES:
+            problems.append(f"model.arch='mlp' runs with strategies {', '.join(MLP_STRATEGIES)} (got {s.get('name')!r}): "
+                            "the baselines use the multi-head ResNet; set --config.model.arch=resnet for them")
         if s.get("freeze_depth") != 0:
             problems.append(f"model.arch='mlp' has no frozen part: the hypernetwork generates every layer, so "
                             f"strategy.freeze_depth must be 0 (got {s.get('freeze_depth')!r}); drop FREEZE= (or set "
@@ -301,6 +338,12 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         problems.append(f"hnet.layout='pytorch' lays the chunks over the MLP target in its layers' order: it needs "
                         f"hnet.kind='chunked' and model.arch='mlp' (got {hnet.get('kind')!r}, "
                         f"{config.get('model', {}).get('arch')!r}); use hnet.layout='flax' otherwise")
+    if s.get("name") in MLP_ONLY and config.get("model", {}).get("arch") != "mlp":
+        problems.append(f"strategy {s.get('name')!r} (von Oswald et al.'s replay) needs model.arch='mlp' (got "
+                        f"{config.get('model', {}).get('arch')!r}): use the split_mnist or permuted_mnist config")
+    if s.get("name") == "replay" and s.get("scenario") not in REPLAY_SCENARIOS:
+        problems.append(f"strategy 'replay' (HNET+R) trains for strategy.scenario 2 (one head) or 3 (a head per "
+                        f"task), got {s.get('scenario')!r}: SCENARIO=2 or SCENARIO=3")
     frozen_init = s.get("frozen_init", "none")
     if frozen_init != "none":
         if s.get("name") not in ("hn", "lr") or not s.get("freeze_depth"):

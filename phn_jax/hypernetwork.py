@@ -32,7 +32,6 @@ Both MLP trunks use the activation `activation` ('relu', the reference code's; o
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 import jax
@@ -40,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from phn_jax import models
 from phn_jax.runtime import compiled_init, float_dtype, random_floats
 
 HEAD_KINDS = ("conv", "linear", "table")
@@ -106,32 +106,8 @@ def target_heads(target_shapes) -> tuple[HeadSpec, ...]:
     return tuple(heads)
 
 
-# How a dense layer y = x W + b (W [d_in, d_out]) of the hypernetwork starts:
-#   'pytorch': W, b ~ U(±1/sqrt(d_in)), PyTorch's `nn.Linear` default (the partial hypernetwork's reference code)
-#   'xavier':  W ~ U(±sqrt(6/(d_in + d_out))), b = 0, hypercl's `generate_classifier` (von Oswald et al.'s
-#              MNIST scripts: Xavier uniform for every matrix, zeros for every vector)
-DENSE_INITS = ("pytorch", "xavier")
-
-
-def _check_dense_init(dense_init: str) -> None:
-    if dense_init not in DENSE_INITS:
-        raise ValueError(f"unknown dense_init {dense_init!r}; use one of {DENSE_INITS}")
-
-
-def _dense_init_bounds(d_in: int, d_out: int, dense_init: str) -> tuple[float, float]:
-    """(weight bound, bias bound) of a dense layer d_in -> d_out: W ~ U(±a), b ~ U(±c) (c = 0: zeros)."""
-    _check_dense_init(dense_init)
-    if dense_init == "xavier":
-        return math.sqrt(6 / (d_in + d_out)), 0.0
-    return 1 / math.sqrt(d_in), 1 / math.sqrt(d_in)
-
-
-def _dense_init(key, d_in, d_out, dense_init: str):
-    a, c = _dense_init_bounds(d_in, d_out, dense_init)
-    kw, kb = jax.random.split(key)
-    return {"kernel": random_floats(jax.random.uniform, kw, (d_in, d_out), minval=-a, maxval=a),
-            "bias": random_floats(jax.random.uniform, kb, (d_out,), minval=-c, maxval=c) if c
-            else jnp.zeros((d_out,), float_dtype())}
+# How a dense layer of the hypernetwork starts: `models.dense_layer` (DENSE_INITS: pytorch | xavier).
+DENSE_INITS = models.DENSE_INITS
 
 
 def output_sq_distances(omega_all, targets) -> jax.Array:
@@ -183,7 +159,7 @@ def _check_activation(activation: str) -> None:
 
 def _mlp_init(key, dims: tuple[int, ...], dense_init: str) -> list[dict]:
     """Dense layers dims[0] -> dims[1] -> ... -> dims[-1]."""
-    return [_dense_init(k, a, b, dense_init) for k, a, b in zip(jax.random.split(key, len(dims) - 1), dims[:-1], dims[1:])]
+    return [models.dense_layer(k, a, b, dense_init) for k, a, b in zip(jax.random.split(key, len(dims) - 1), dims[:-1], dims[1:])]
 
 
 def _mlp_apply(layers, x, activation: str):
@@ -214,7 +190,7 @@ class Hypernetwork:
 
     def __post_init__(self):
         _check_activation(self.activation)
-        _check_dense_init(self.dense_init)
+        models.check_dense_init(self.dense_init)
 
     @classmethod
     def for_target(cls, target_shapes, num_tasks: int, **kwargs) -> "Hypernetwork":
@@ -230,10 +206,10 @@ class Hypernetwork:
         for head, k in zip(self.heads, jax.random.split(k_heads, len(self.heads))):
             if head.kind == "conv":
                 k1, k2 = jax.random.split(k)
-                p = _dense_init(k1, h + d, head.size // head.shape[0], self.dense_init)
+                p = models.dense_layer(k1, h + d, head.size // head.shape[0], self.dense_init)
                 p["lookup"] = random_floats(jax.random.normal, k2, (head.shape[0], d))
             elif head.kind == "linear":
-                p = _dense_init(k, h, head.size, self.dense_init)
+                p = models.dense_layer(k, h, head.size, self.dense_init)
             else:
                 p = {"table": jnp.full((self.num_tasks,) + head.shape, head.init, float_dtype())}
             psi["heads"][head.path] = p
@@ -376,7 +352,7 @@ class ChunkedHypernetwork:
 
     def __post_init__(self):
         _check_activation(self.activation)
-        _check_dense_init(self.dense_init)
+        models.check_dense_init(self.dense_init)
         if self.layout not in CHUNK_LAYOUTS:
             raise ValueError(f"chunked hypernetwork: unknown layout {self.layout!r}; use one of {CHUNK_LAYOUTS}")
         for name in ("chunk_dim", "chunk_embedding_dim", "embedding_dim"):
@@ -416,7 +392,7 @@ class ChunkedHypernetwork:
                                               (self.num_chunks, self.chunk_embedding_dim)),
             "mlp": _mlp_init(k_mlp, (self.embedding_dim + self.chunk_embedding_dim,) + self.hidden_dims,
                              self.dense_init),
-            "output": _dense_init(k_out, self.hidden_dims[-1], self.chunk_dim, self.dense_init),
+            "output": models.dense_layer(k_out, self.hidden_dims[-1], self.chunk_dim, self.dense_init),
             "tables": {h.path: jnp.full((self.num_tasks,) + h.shape, h.init, float_dtype())
                        for h in self.heads if h.kind == "table"},
         }
@@ -435,12 +411,20 @@ class ChunkedHypernetwork:
 
     def apply(self, psi, task_id) -> dict[str, Any]:
         """ω = H_ψ(t) for a scalar integer task id: exactly the pytree h_ω takes (vmappable over t)."""
-        h = self.hidden(psi, jnp.reshape(task_id, (1,)))[0]
-        flat = (h @ psi["output"]["kernel"] + psi["output"]["bias"]).reshape(-1)  # [n_c · chunk_dim]
+        return self._assemble(self.hidden(psi, jnp.reshape(task_id, (1,)))[0], psi["output"], psi["tables"], task_id)
+
+    def apply_snapshot(self, targets, task_id) -> dict[str, Any]:
+        """ω = H_ψ*(t) from `targets` = `snapshot(ψ*)`, its factors: what `apply(ψ*, t)` gave (vmappable
+        over t). The replay of von Oswald et al.'s generative memory draws from these."""
+        return self._assemble(targets["hidden"][task_id], targets["output"], targets["tables"], task_id)
+
+    def _assemble(self, h, output, tables, task_id) -> dict[str, Any]:
+        """ω from the last hidden layer h [n_c, H] of a task's chunks: v_i = W_out h_i + b_out, cut into the heads."""
+        flat = (h @ output["kernel"] + output["bias"]).reshape(-1)  # [n_c · chunk_dim]
         out, offset = {}, 0
         for head in self.heads:
             if head.kind == "table":
-                out[head.path] = psi["tables"][head.path][task_id]
+                out[head.path] = tables[head.path][task_id]
             else:
                 values = flat[offset:offset + head.size]
                 out[head.path] = (values.reshape(head.shape[::-1]).T if self.layout == "pytorch" and len(head.shape) == 2

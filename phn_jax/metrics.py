@@ -255,14 +255,19 @@ def jsonable(obj: Any, default: Callable[[Any], Any] | None = None) -> Any:
     raise TypeError(f"{type(obj).__name__} is not JSON-serialisable: {obj!r}")
 
 
+# The accuracy matrices of an evaluation without task ids (`phn_jax.task_inference`), and the scenario of
+# van de Ven & Tolias (2019) each one's accuracy is: CL2 (the class within the task, the task neither given
+# nor needed), CL3 (the global class: task and class both right). CL1, the task given, is R itself.
+WITHOUT_TASK_IDS = ("class_incremental", "task_inference", "domain_incremental")
+SCENARIO_OF = {"domain_incremental": "CL2", "class_incremental": "CL3"}
+
+
 def summarize(
     R: Any,
     times_s: Sequence[float],
     memory: Mapping[str, Any] | None = None,
     task_ids: Sequence[int] | None = None,
-    *,
-    class_incremental: Any = None,
-    task_inference: Any = None,
+    **without_task_ids: Any,
 ) -> dict[str, Any]:
     """Everything a run reports, as a JSON-ready dict (plain floats/lists, ``NaN`` as ``None``).
 
@@ -281,16 +286,18 @@ def summarize(
     ``total_time_s``; ``memory``.
 
     Evaluation without task ids (the task inferred, e.g. by predictive entropy, see
-    ``phn_jax.task_inference``), when both matrices are given (same shape and completed rows as
-    ``R``): ``class_incremental[i, j]`` = accuracy on experience j after experience i counting a
-    sample right when its task is inferred right and its class is right (accuracy on the global
-    label (task, class)), ``task_inference[i, j]`` = fraction of experience j's samples whose task
-    is inferred right. The summary then also holds ``class_incremental_accuracy`` and
-    ``task_inference_accuracy`` (their ACA: ``mean_j M[n-1, j]``), ``class_incremental_during`` and
-    ``task_inference_during`` (each experience tested right after it was learned, the inference over
-    the experiences learned so far: ``mean_j M[j, j]``, von Oswald et al.'s "during" accuracy, hypercl's
-    ``acc_during_mean``), ``class_incremental_matrix``, ``task_inference_matrix``, and
-    ``per_experience`` lists of both accuracies after each experience.
+    ``phn_jax.task_inference``), any of the matrices ``WITHOUT_TASK_IDS`` as keywords (same shape and
+    completed rows as ``R``): ``class_incremental[i, j]`` = accuracy on experience j after experience
+    i counting a sample right when its task is inferred right and its class is right (accuracy on
+    the global label (task, class): van de Ven & Tolias' CL3), ``task_inference[i, j]`` = fraction of
+    experience j's samples whose task is inferred right, ``domain_incremental[i, j]`` = a sample
+    right when its class within its task is right, whichever task was inferred (CL2). For each
+    given, the summary also holds ``<name>_accuracy`` (its ACA: ``mean_j M[n-1, j]``),
+    ``<name>_during`` (each experience tested right after it was learned, the inference over the
+    experiences learned so far: ``mean_j M[j, j]``, von Oswald et al.'s "during" accuracy, hypercl's
+    ``acc_during_mean``), ``<name>_matrix`` and a ``per_experience`` list of the accuracy after each
+    experience. ``scenarios`` gathers them by scenario: {"CL1": the task given (R), "CL2", "CL3"}, each
+    {"accuracy", "during"}, for those evaluated.
     """
     R = as_accuracy_matrix(R)
     n = completed_experiences(R)
@@ -315,26 +322,32 @@ def summarize(
     per_experience["final_accuracy"] = R[n - 1, :n]
 
     lower = lambda M: np.where(np.tril(np.ones_like(M, dtype=bool)), M, np.nan)  # j > i is undefined
-    without_task_ids = {}
-    if (class_incremental is None) != (task_inference is None):
-        raise ValueError("give both class_incremental and task_inference matrices, or neither")
-    if class_incremental is not None:
-        for name, M in (("class_incremental", class_incremental), ("task_inference", task_inference)):
-            M = as_accuracy_matrix(M)
-            if M.shape != R.shape or completed_experiences(M) != n:
-                raise ValueError(f"the {name} matrix must have the accuracy matrix's shape {R.shape} and its "
-                                 f"{n} completed rows; got shape {M.shape}")
-            per_experience[f"{name}_accuracy"] = [average_classification_accuracy(M, i) for i in range(n)]
-            without_task_ids[f"{name}_accuracy"] = per_experience[f"{name}_accuracy"][-1]
-            without_task_ids[f"{name}_during"] = learning_accuracy(M, n - 1)
-            without_task_ids[f"{name}_matrix"] = lower(M)
+    unknown = sorted(set(without_task_ids) - set(WITHOUT_TASK_IDS))
+    if unknown:
+        raise ValueError(f"unknown matrices without task ids {unknown}; use {WITHOUT_TASK_IDS}")
+    without, scenarios = {}, {"CL1": {"accuracy": after[-1]["aca"], "during": after[-1]["learning_accuracy"]}}
+    for name in WITHOUT_TASK_IDS:
+        if without_task_ids.get(name) is None:
+            continue
+        M = as_accuracy_matrix(without_task_ids[name])
+        if M.shape != R.shape or completed_experiences(M) != n:
+            raise ValueError(f"the {name} matrix must have the accuracy matrix's shape {R.shape} and its "
+                             f"{n} completed rows; got shape {M.shape}")
+        per_experience[f"{name}_accuracy"] = [average_classification_accuracy(M, i) for i in range(n)]
+        without[f"{name}_accuracy"] = per_experience[f"{name}_accuracy"][-1]
+        without[f"{name}_during"] = learning_accuracy(M, n - 1)
+        without[f"{name}_matrix"] = lower(M)
+        if name in SCENARIO_OF:
+            scenarios[SCENARIO_OF[name]] = {"accuracy": without[f"{name}_accuracy"],
+                                            "during": without[f"{name}_during"]}
     return jsonable(
         {
             "num_experiences": R.shape[0],
             "completed_experiences": n,
             **after[-1],
             "accuracy_matrix": lower(R),
-            **without_task_ids,
+            **without,
+            "scenarios": scenarios,
             "per_experience": per_experience,
             "total_time_s": math.fsum(times),
             "memory": dict(memory or {}),
@@ -348,7 +361,8 @@ def summarize(
 
 #: The summary values `aggregate_seeds` reports as mean ± std (those a summary holds).
 AGGREGATED = ("aca", "learning_accuracy", "forgetting", "bwt", "class_incremental_accuracy",
-              "task_inference_accuracy", "class_incremental_during", "task_inference_during", "total_time_s")
+              "task_inference_accuracy", "class_incremental_during", "task_inference_during",
+              "domain_incremental_accuracy", "domain_incremental_during", "total_time_s")
 #: The per-experience lists it reports, experience by experience.
 AGGREGATED_PER_EXPERIENCE = ("accuracy_when_learned", "final_accuracy", "aca")
 

@@ -29,6 +29,7 @@ the `norm` mode of the model:
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -113,13 +114,33 @@ def init_resnet(key: jax.Array, cfg: ResNetConfig = ResNetConfig()) -> Params:
     return params
 
 
-def init_linear(key: jax.Array, d_in: int, d_out: int, lead: tuple[int, ...] = ()) -> Params:
-    """A linear layer {'kernel': [*lead, d_in, d_out], 'bias': [*lead, d_out]} initialised as PyTorch's
-    nn.Linear: U(±1/sqrt(d_in)); `lead` stacks independent layers (e.g. one head per task)."""
-    bound = 1 / np.sqrt(d_in)
+# How a dense layer starts (`dense_layer`):
+#   'pytorch': W, b ~ U(±1/sqrt(d_in)), PyTorch's `nn.Linear` default (the partial hypernetwork's reference code)
+#   'xavier':  W ~ U(±sqrt(6/(d_in + d_out))), b = 0, hypercl's `generate_classifier` (von Oswald et al.'s
+#              MNIST scripts: Xavier uniform for every matrix, zeros for every vector)
+DENSE_INITS = ("pytorch", "xavier")
+
+
+def check_dense_init(dense_init: str) -> str:
+    if dense_init not in DENSE_INITS:
+        raise ValueError(f"unknown dense_init {dense_init!r}; use one of {DENSE_INITS}")
+    return dense_init
+
+
+def dense_layer(key: jax.Array, d_in: int, d_out: int, dense_init: str = "pytorch", lead: tuple[int, ...] = ()) -> Params:
+    """A linear layer {'kernel': [*lead, d_in, d_out], 'bias': [*lead, d_out]} initialised as `dense_init`
+    says (DENSE_INITS); `lead` stacks independent layers (e.g. one head per task)."""
+    check_dense_init(dense_init)
+    a, c = (math.sqrt(6 / (d_in + d_out)), 0.0) if dense_init == "xavier" else (1 / math.sqrt(d_in),) * 2
     kk, kb = jax.random.split(key)
-    return {"kernel": random_floats(jax.random.uniform, kk, (*lead, d_in, d_out), minval=-bound, maxval=bound),
-            "bias": random_floats(jax.random.uniform, kb, (*lead, d_out), minval=-bound, maxval=bound)}
+    return {"kernel": random_floats(jax.random.uniform, kk, (*lead, d_in, d_out), minval=-a, maxval=a),
+            "bias": (random_floats(jax.random.uniform, kb, (*lead, d_out), minval=-c, maxval=c) if c
+                     else jnp.zeros((*lead, d_out), float_dtype()))}
+
+
+def init_linear(key: jax.Array, d_in: int, d_out: int, lead: tuple[int, ...] = ()) -> Params:
+    """`dense_layer` as PyTorch's nn.Linear starts: U(±1/sqrt(d_in))."""
+    return dense_layer(key, d_in, d_out, "pytorch", lead)
 
 
 def init_batch_stats(params: Params) -> Params:
@@ -243,7 +264,8 @@ class MLPConfig:
     in_features: D_0, the flattened input H·W·C (784 for 28×28×1, 1024 for 32×32×1).
     hidden_dims: D_1..D_{L-1} (PermutedMNIST 1000-1000, SplitMNIST 400-400).
     num_classes: C, the outputs of one task head; num_heads: the task heads (one per task), so
-    that the last layer has C·num_heads outputs and head t is outputs t·C..(t+1)·C−1 (their CL1).
+    that the last layer has C·num_heads outputs and head t is outputs t·C..(t+1)·C−1 (their CL1),
+    or 1: one head of C outputs shared by every task (their CL2).
     """
 
     in_features: int = 784
@@ -259,12 +281,13 @@ class MLPConfig:
         return tuple(zip(names, dims[:-1], dims[1:]))
 
 
-@compiled_init("cfg")
-def init_mlp(key: jax.Array, cfg: MLPConfig) -> Params:
-    """{name: {'kernel': [D_in, D_out], 'bias': [D_out]}} for every layer of `cfg.layers()`,
-    PyTorch's nn.Linear init (only the shapes matter when a hypernetwork generates them)."""
+@compiled_init("cfg", "dense_init")
+def init_mlp(key: jax.Array, cfg: MLPConfig, dense_init: str = "pytorch") -> Params:
+    """{name: {'kernel': [D_in, D_out], 'bias': [D_out]}} for every layer of `cfg.layers()`, each a
+    `dense_layer` (PyTorch's nn.Linear init by default; only the shapes matter when a hypernetwork
+    generates them)."""
     layers = cfg.layers()
-    return {name: init_linear(k, d_in, d_out)
+    return {name: dense_layer(k, d_in, d_out, dense_init)
             for k, (name, d_in, d_out) in zip(jax.random.split(key, len(layers)), layers)}
 
 
@@ -286,6 +309,6 @@ def mlp_apply(params: Params, x: jax.Array, cfg: MLPConfig, head: jax.Array | in
     for name, _, _ in hidden:
         h = jax.nn.relu(h @ params[name]["kernel"] + params[name]["bias"])
     y = h @ params[last]["kernel"] + params[last]["bias"]
-    if head is None:
+    if head is None or cfg.num_heads == 1:  # (one head serves every task: van de Ven & Tolias' CL2)
         return y
     return jax.lax.dynamic_slice_in_dim(y, head * cfg.num_classes, cfg.num_classes, axis=1)

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from phn_jax import data, runtime, task_inference
+from phn_jax.metrics import WITHOUT_TASK_IDS
 from phn_jax.strategies.base import TrainData, masked_correct
 
 
@@ -137,23 +138,20 @@ def evaluate(state, context, images, labels, num_valid, task_id, key, *, strateg
     return over_seeds(correct, seed_axis)(state, context, images, labels, num_valid, key)
 
 
-# The accuracies without task ids, in the order `evaluate_without_task_id` returns them.
-WITHOUT_TASK_IDS = ("class_incremental", "task_inference")
-
-
 @partial(jax.jit, static_argnames=("strategy", "spec", "batch_size", "mesh", "seed_axis"))
 def evaluate_without_task_id(state, context, images, labels, num_valid, task_id, num_learned, key, *, strategy,
                              spec, batch_size, mesh, seed_axis):
-    """Task `task_id`'s test samples right when each sample's task is inferred by predictive entropy
-    among the learned tasks 0..num_learned−1 (`phn_jax.task_inference`): int32 [2] = the counts
-    behind the class-incremental and the task-inference accuracy, as `WITHOUT_TASK_IDS` names them
-    ([S, 2] with a `seed_axis`)."""
+    """Task `task_id`'s test samples right when each sample's task is not given, only the tasks
+    0..num_learned−1 learned so far (`strategy.predict_without_task_id`, e.g. HNET+ENT's predictive
+    entropy, `phn_jax.task_inference`): int32 [3], the counts behind the class-incremental, the
+    task-inference and the domain-incremental accuracy in the order of `metrics.WITHOUT_TASK_IDS`
+    ([S, 3] with a `seed_axis`)."""
     def correct(state, context, images, labels, num_valid, key):
         def count(x, y, mask):
-            logits = strategy.eval_logits_all_tasks(state, context, x, mask)
-            return task_inference.inferred_correct(logits, y, mask, task_id, num_learned)
+            task_hat, class_hat = strategy.predict_without_task_id(state, context, x, mask, num_learned)
+            return task_inference.inferred_correct(task_hat, class_hat, y, mask, task_id)
 
-        return _sum_over_test_set(count, jnp.zeros((2,), jnp.int32), images, labels, num_valid, key, spec=spec,
-                                  batch_size=batch_size, mesh=mesh)
+        return _sum_over_test_set(count, jnp.zeros((len(WITHOUT_TASK_IDS),), jnp.int32), images, labels, num_valid,
+                                  key, spec=spec, batch_size=batch_size, mesh=mesh)
 
     return over_seeds(correct, seed_axis)(state, context, images, labels, num_valid, key)

@@ -7,7 +7,6 @@ import dataclasses
 import numpy as np
 
 from phn_jax import metrics
-from phn_jax.programs import WITHOUT_TASK_IDS
 
 HISTORY_COLUMNS = ("experience", "epoch", "loss", "ce", "reg", "cos_g1_g2", "train_accuracy", "time_s")
 
@@ -26,8 +25,8 @@ def epoch_row(t: int, epoch: int, step_metrics: dict, seconds: float) -> dict:
 class Progress:
     """Where a run (one seed) stands; a checkpoint's metadata holds it (JSON).
 
-    R: accuracy matrix [T, T] (NaN where not evaluated); inferred: the class-incremental and
-    task-inference matrices ({} when not evaluated without task ids); times: seconds of each
+    R: accuracy matrix [T, T] (NaN where not evaluated); inferred: the matrices without task ids the
+    run evaluates, by name (`metrics.WITHOUT_TASK_IDS`; {} when none); times: seconds of each
     completed experience; history: one row per epoch (HISTORY_COLUMNS); experience: the one being
     trained (T when the run is done); epoch: its epochs completed; elapsed_s: the program's time
     spent in it. The seeds of a multi-seed run have one Progress each, at the same experience and
@@ -44,12 +43,11 @@ class Progress:
     elapsed_s: float = 0.0
 
     @classmethod
-    def start(cls, num_experiences: int, without_task_ids: bool) -> "Progress":
-        """Before the first experience of a stream of T = `num_experiences` (with the matrices without
-        task ids where the run evaluates without them)."""
+    def start(cls, num_experiences: int, without_task_ids: tuple[str, ...] = ()) -> "Progress":
+        """Before the first experience of a stream of T = `num_experiences`, with the matrices
+        `without_task_ids` names (those the run evaluates without task ids)."""
         T = num_experiences
-        return cls(metrics.empty_accuracy_matrix(T),
-                   {m: metrics.empty_accuracy_matrix(T) for m in WITHOUT_TASK_IDS} if without_task_ids else {},
+        return cls(metrics.empty_accuracy_matrix(T), {m: metrics.empty_accuracy_matrix(T) for m in without_task_ids},
                    [], [])
 
     def step(self, epochs: int) -> int:

@@ -102,8 +102,8 @@ PER_EXPERIENCE_COLUMNS = (
 
 #: Evaluation without task ids (``metrics.summarize``'s optional matrices), written when present:
 #: each matrix as ``<name>.csv``, and the per-experience columns after the others.
-OPTIONAL_MATRICES = ("class_incremental_matrix", "task_inference_matrix")
-OPTIONAL_PER_EXPERIENCE_COLUMNS = ("class_incremental_accuracy", "task_inference_accuracy")
+OPTIONAL_MATRICES = tuple(f"{m}_matrix" for m in M.WITHOUT_TASK_IDS)
+OPTIONAL_PER_EXPERIENCE_COLUMNS = tuple(f"{m}_accuracy" for m in M.WITHOUT_TASK_IDS)
 
 _DPI = 100
 

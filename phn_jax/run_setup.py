@@ -58,7 +58,7 @@ class Setup:
     strategy: object
     mesh: Mesh
     cumulative: bool         # Joint: trains experience t on the union of experiences 0..t
-    without_task_ids: bool   # also evaluate with the task inferred (eval.task_inference, if the strategy can)
+    without_task_ids: tuple  # the matrices without task ids evaluated (eval.task_inference, if the strategy can)
 
     @property
     def stacked(self) -> bool:
@@ -144,7 +144,7 @@ def setup(config) -> Setup:
     if problems:
         raise ConfigError("; ".join(problems) + ". Choose batch sizes that fit, with --config.train.batch_size= "
                           "and --config.train.eval_batch_size=.")
-    without = bool(config.eval.task_inference and task_inference.supports_task_inference(strategy))
+    without = task_inference.matrices_without_task_ids(strategy) if config.eval.task_inference else ()
     return Setup(config, tuple(configs), tuple(streams), strategy, mesh, cumulative, without)
 
 

@@ -17,19 +17,35 @@ so class-incremental ≤ min(task-inference, task-incremental) sample by sample.
 The entropy is over all C outputs of a task's head (e.g. 10 outputs for 5 classes per CIFAR
 experience: the unused outputs were trained towards zero probability with the others).
 
-A strategy offers task inference by having a method
-`eval_logits_all_tasks(state, ctx, x, mask) -> [num_tasks, B, C]` (the logits of every task's
-model on a batch; HN runs its frozen part once per batch and only the stateless part per task).
+and, whichever task was inferred, the class within the task ŷ(x) = y: the domain-incremental
+accuracy (van de Ven & Tolias' CL2, the task neither given nor needed).
+
+A strategy evaluates without task ids by having a method
+`predict_without_task_id(state, ctx, x, mask, num_learned) -> (t̂ [B], ŷ [B])` (HN: `entropy_prediction`
+of the logits of every task's model; HNET+TIR and HNET+R: `phn_jax.strategies.replay`), and says which
+of the matrices `metrics.WITHOUT_TASK_IDS` its predictions make in `without_task_ids` (default: all).
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
+from phn_jax.metrics import WITHOUT_TASK_IDS
+
 
 def supports_task_inference(strategy) -> bool:
-    """Whether `strategy` can evaluate without task ids (it has `eval_logits_all_tasks`)."""
-    return callable(getattr(strategy, "eval_logits_all_tasks", None))
+    """Whether `strategy` can evaluate without task ids (it has `predict_without_task_id`)."""
+    return callable(getattr(strategy, "predict_without_task_id", None))
+
+
+def matrices_without_task_ids(strategy) -> tuple[str, ...]:
+    """The matrices of `metrics.WITHOUT_TASK_IDS` that `strategy`'s predictions without task ids make
+    (its `without_task_ids`; all of them by default); () when it cannot evaluate without task ids."""
+    if not supports_task_inference(strategy):
+        return ()
+    names = tuple(getattr(strategy, "without_task_ids", WITHOUT_TASK_IDS))
+    assert set(names) <= set(WITHOUT_TASK_IDS), names
+    return names
 
 
 def predictive_entropy(logits: jax.Array, temperature: float = 1.0) -> jax.Array:
@@ -49,14 +65,31 @@ def infer_task(logits_per_task: jax.Array, num_learned, temperature: float = 1.0
     return jnp.argmin(jnp.where(learned, entropy, jnp.inf), axis=0).astype(jnp.int32)
 
 
-def inferred_correct(logits_per_task: jax.Array, labels: jax.Array, mask: jax.Array, task_id, num_learned,
-                     temperature: float = 1.0) -> jax.Array:
-    """Counts on one batch of task `task_id`: int32 [2] = (class-incremental correct, task inferred right).
-
-    logits_per_task [T, N, C], labels [N] (class within the task), mask [N] (real samples).
-    """
+def entropy_prediction(logits_per_task: jax.Array, num_learned, temperature: float = 1.0):
+    """(t̂, ŷ) of HNET+ENT: the task of the lowest predictive entropy among the learned ones and the class
+    its model predicts: [T, N, C] -> (int32 [N], int32 [N])."""
     t_hat = infer_task(logits_per_task, num_learned, temperature)
     chosen = jnp.take_along_axis(logits_per_task, t_hat[None, :, None], axis=0)[0]  # [N, C]
-    task_right = (t_hat == task_id) & mask
-    class_right = task_right & (jnp.argmax(chosen, axis=-1) == labels)
-    return jnp.stack([jnp.sum(class_right), jnp.sum(task_right)]).astype(jnp.int32)
+    return t_hat, jnp.argmax(chosen, axis=-1).astype(jnp.int32)
+
+
+def inferred_correct(task_hat: jax.Array, class_hat: jax.Array, labels: jax.Array, mask: jax.Array,
+                     task_id) -> jax.Array:
+    """Counts on one batch of task `task_id` from the predictions without its id (t̂, ŷ, each [N]):
+    int32 [3] in the order of `metrics.WITHOUT_TASK_IDS` = (class-incremental right: t̂ = task_id and
+    ŷ = y; task inferred right: t̂ = task_id; domain-incremental right: ŷ = y). labels [N]: the class
+    within the task; mask [N]: the real samples."""
+    task_right = (task_hat == task_id) & mask
+    class_right = (class_hat == labels) & mask
+    counts = {"class_incremental": task_right & class_right, "task_inference": task_right,
+              "domain_incremental": class_right}
+    return jnp.stack([jnp.sum(counts[m]) for m in WITHOUT_TASK_IDS]).astype(jnp.int32)
+
+
+class ByEntropy:
+    """A strategy's `predict_without_task_id` by predictive entropy (HNET+ENT), from its
+    `eval_logits_all_tasks(state, ctx, x, mask) -> [T, B, C]` (HN, the multi-head baselines)."""
+
+    def predict_without_task_id(self, state, ctx, x, mask, num_learned):
+        """(t̂ [B], ŷ [B]): `entropy_prediction` of every task's logits."""
+        return entropy_prediction(self.eval_logits_all_tasks(state, ctx, x, mask), num_learned)

@@ -19,7 +19,7 @@ call that runs all of the epoch's batches on the device (`lax.scan`; shuffling, 
 and the step inside jit, explicit keys); `strategy.end_experience`; evaluation of every
 experience seen so far with its task id (weights of all tasks generated at once), filling row t
 of the accuracy matrix R (with `eval.task_inference`, for a strategy that can, also rows of the
-class-incremental and task-inference matrices: the task inferred by predictive entropy,
+matrices without task ids: the task inferred, e.g. by predictive entropy,
 `phn_jax.task_inference`); a checkpoint; then the metrics and plots in `workdir`, which are
 always written after the checkpoint that holds them.
 
@@ -59,7 +59,8 @@ from tqdm.auto import tqdm
 
 from phn_jax import checkpoint, metrics, programs, report, rundir, runtime
 from phn_jax.config import with_defaults
-from phn_jax.programs import WITHOUT_TASK_IDS, fold_in, split_key
+from phn_jax.metrics import WITHOUT_TASK_IDS
+from phn_jax.programs import fold_in, split_key
 from phn_jax.progress import HISTORY_COLUMNS, Progress, epoch_row, progress_from_json, progress_json
 from phn_jax.rundir import RunDirs
 from phn_jax.run_setup import Setup, memory_of, setup, test_sets, train_arrays, with_frozen_init
@@ -222,7 +223,8 @@ def _evaluate_seen(s: Setup, state, progress: list[Progress], tests, k_eval) -> 
             counts = programs.evaluate_without_task_id(state, context, x, y, n, j, t + 1, fold_in(k_eval, j), **kw)
             for p, c, n_j in zip(progress, s.unstack(jax.device_get(counts)), s.unstack(n)):
                 for m, value in zip(WITHOUT_TASK_IDS, c):
-                    p.inferred[m][t, j] = int(value) / int(n_j)
+                    if m in p.inferred:
+                        p.inferred[m][t, j] = int(value) / int(n_j)
 
 
 def _log_experience(s: Setup, log, progress: list[Progress], summaries: list[dict]) -> None:
@@ -233,8 +235,8 @@ def _log_experience(s: Setup, log, progress: list[Progress], summaries: list[dic
                  " ".join(f"{a:.3f}" for a in p.R[t, :t + 1]), summary["aca"],
                  "n/a" if summary["forgetting"] is None else f"{summary['forgetting']:.4f}")
         if p.inferred:
-            log.info("  without task ids (entropy task inference): class-incremental accuracy %.4f, "
-                     "task inference %.4f", summary["class_incremental_accuracy"], summary["task_inference_accuracy"])
+            log.info("  without task ids: %s", ", ".join(f"{m.replace('_', '-')} {summary[m + '_accuracy']:.4f}"
+                                                         for m in p.inferred))
 
 
 class Checkpointer:

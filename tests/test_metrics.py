@@ -212,8 +212,12 @@ def test_summarize_without_task_ids():
     assert summary["task_inference_matrix"][1] == [0.5, 0.8, None, None]
     assert summary["aca"] == approx(M.average_classification_accuracy(R))  # the oracle-id metrics unchanged
     assert "class_incremental_accuracy" not in M.summarize(R, [1.0] * 3)
-    with pytest.raises(ValueError, match="both"):
-        M.summarize(R, [1.0] * 3, class_incremental=R_class)
+    alone = M.summarize(R, [1.0] * 3, domain_incremental=R_class)  # any of them alone (HNET+R in CL2: only CL2)
+    assert alone["domain_incremental_accuracy"] == summary["class_incremental_accuracy"]
+    assert "class_incremental_accuracy" not in alone and set(alone["scenarios"]) == {"CL1", "CL2"}
+    assert alone["scenarios"]["CL2"]["during"] == approx((0.7 + 0.8 + 0.75) / 3)
+    with pytest.raises(ValueError, match="unknown matrices"):
+        M.summarize(R, [1.0] * 3, class_incremental_typo=R_class)
     with pytest.raises(ValueError, match="task_inference matrix must have .* 3 completed rows"):
         M.summarize(R, [1.0] * 3, class_incremental=R_class, task_inference=R4)
 

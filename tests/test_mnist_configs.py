@@ -60,7 +60,7 @@ def test_config_builds_their_mlp_and_chunked_hn(name, tasks, classes, shape, hid
 
 @pytest.mark.parametrize("field, value, message, advice", [
     ("strategy.freeze_depth", 2, "strategy.freeze_depth must be 0", "model.arch=resnet"),
-    ("strategy.name", "naive", "runs with strategy hn only", "model.arch=resnet"),
+    ("strategy.name", "naive", "runs with strategies hn, tir, replay", "model.arch=resnet"),
     ("model.arch", "resnet", "hnet.layout='pytorch' lays the chunks over the MLP", "hnet.layout='flax'"),
     ("hnet.kind", "heads", "hnet.layout='pytorch' lays the chunks over the MLP", "hnet.layout='flax'"),
     ("hnet.layout", "torch", "hnet.layout='torch' must be one of flax, pytorch", "--config.<field>"),

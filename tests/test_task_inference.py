@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from phn_jax.task_inference import infer_task, inferred_correct, predictive_entropy
+from phn_jax.task_inference import entropy_prediction, infer_task, inferred_correct, predictive_entropy
 
 
 def constructed_logits(true_task, classes, num_tasks=3, num_classes=4):
@@ -43,14 +43,20 @@ def test_infers_the_confident_task_among_the_learned_ones():
     np.testing.assert_array_equal(infer_task(jnp.zeros((3, 2, 4)), 3), [0, 0])
 
 
-def test_counts_class_incremental_and_task_inference():
+def test_counts_class_incremental_task_inference_and_domain_incremental():
     # 4 inputs of task 1: input 0 right task, right class; input 1 right task, wrong class (label 3,
-    # model says 1); input 2 a wrong task (task 0's model is the confident one); input 3 is padding.
+    # model says 1); input 2 a wrong task (task 0's model is the confident one, and says class 0 =
+    # its label: right within a task, CL2); input 3 is padding.
     true_task = np.array([1, 1, 0, 1])
     logits = constructed_logits(true_task, classes=[2, 1, 0, 0])
     labels = jnp.array([2, 3, 0, 0])
     mask = jnp.array([True, True, True, False])
-    counts = inferred_correct(logits, labels, mask, task_id=1, num_learned=3)
-    np.testing.assert_array_equal(counts, [1, 2])  # (class-incremental correct, task inferred right)
+    t_hat, y_hat = entropy_prediction(logits, 3)
+    np.testing.assert_array_equal(t_hat[:3], [1, 1, 0])
+    np.testing.assert_array_equal(y_hat[:3], [2, 1, 0])
+    counts = inferred_correct(t_hat, y_hat, labels, mask, task_id=1)
+    # (class-incremental correct, task inferred right, class within the task right)
+    np.testing.assert_array_equal(counts, [1, 2, 2])
     # with only task 0 learned nothing is inferred as task 1
-    np.testing.assert_array_equal(inferred_correct(logits, labels, mask, 1, 1), [0, 0])
+    t_hat, y_hat = entropy_prediction(logits, 1)
+    np.testing.assert_array_equal(inferred_correct(t_hat, y_hat, labels, mask, 1)[:2], [0, 0])

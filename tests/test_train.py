@@ -103,9 +103,15 @@ def test_evaluation_without_task_ids_and_memory_comparison(hn_run):
         y_hat = logits[t_hat, np.arange(len(x))].argmax(-1)
         assert R_task[2, j] == pytest.approx(np.mean(t_hat == j), abs=1e-6)
         assert R_class[2, j] == pytest.approx(np.mean((t_hat == j) & (y_hat == exp.test_labels)), abs=1e-6)
+        # CL2: the class within the task, whichever task's model was chosen
+        assert summary["domain_incremental_matrix"][2][j] == pytest.approx(np.mean(y_hat == exp.test_labels), abs=1e-6)
     assert summary["class_incremental_accuracy"] == pytest.approx(R_class[2].mean())
     assert summary["task_inference_accuracy"] == pytest.approx(R_task[2].mean())
     assert summary["per_experience"]["task_inference_accuracy"][0] == 1.0
+    assert summary["scenarios"] == {
+        "CL1": {"accuracy": summary["aca"], "during": summary["learning_accuracy"]},
+        "CL2": {"accuracy": summary["domain_incremental_accuracy"], "during": summary["domain_incremental_during"]},
+        "CL3": {"accuracy": summary["class_incremental_accuracy"], "during": summary["class_incremental_during"]}}
     assert (workdir / "class_incremental_matrix.csv").is_file() and (workdir / "task_inference_matrix.csv").is_file()
     # Table 6's comparison: a latent replay buffer at the same depth (k = 2: 8x8x8 maps of 16x16
     # inputs with nf = 4), 200 samples of 32 bit

@@ -3,7 +3,11 @@
 hn: HN-k, the partial hypernetwork (model.arch 'resnet'), or the hypernetwork generating von Oswald
 et al.'s multi-head MLP (model.arch 'mlp', k = 0: one head per experience). The baselines share
 one multi-head ResNet (`multihead`): naive (fine-tuning), ewc (EWC, λ = strategy.ewc_lambda), lr
-(LR-k latent replay) and joint (cumulative training, the upper bound).
+(LR-k latent replay) and joint (cumulative training, the upper bound). von Oswald et al.'s replay
+systems on the MLP (`replay`): tir (HNET+TIR: hn's classifier, a task-inference network and a
+hypernetwork-protected VAE) and replay (HNET+R: one classifier trained with that VAE's replay).
+strategy.scenario (van de Ven & Tolias): 1 or 3, a head per task; 2, one head shared by all tasks
+(the MLP's); replay needs 2 or 3.
 """
 from __future__ import annotations
 
@@ -17,8 +21,11 @@ from phn_jax.strategies.joint import Joint
 from phn_jax.strategies.latent_replay import LatentReplay
 from phn_jax.strategies.multihead import MultiHeadResNet
 from phn_jax.strategies.naive import Naive
+from phn_jax.strategies.replay import SCENARIOS, TIR, GenerativeMemory, Replay
+from phn_jax.vae import VAE
 
-STRATEGIES = ("hn", "naive", "ewc", "lr", "joint")
+STRATEGIES = ("hn", "naive", "ewc", "lr", "joint", "tir", "replay")
+MLP_ONLY = ("tir", "replay")  # von Oswald et al.'s systems: the MLP classifier (model.arch='mlp')
 
 
 def create_strategy(config, stream):
@@ -33,14 +40,19 @@ def create_strategy(config, stream):
                                  in_channels=stream.image_shape[-1],
                                  blocks_per_stage=tuple(config.model.get("blocks_per_stage", (2, 2, 2, 2))))
     s = config.strategy
-    if config.model.get("arch", "resnet") == "mlp":
-        if name != "hn":
-            raise ValueError(f"model.arch='mlp' runs with strategy hn only (the baselines use the multi-head "
-                             f"ResNet), got strategy {name!r}")
+    mlp = config.model.get("arch", "resnet") == "mlp"
+    if (mlp and name not in ("hn",) + MLP_ONLY) or (not mlp and name in MLP_ONLY):
+        raise ValueError(f"model.arch={config.model.get('arch', 'resnet')!r} does not run strategy {name!r}: the MLP "
+                         f"runs {('hn',) + MLP_ONLY}, the baselines use the multi-head ResNet")
+    scenario = s.get("scenario", 1)
+    if mlp:
         net = models.MLPConfig(in_features=int(np.prod(stream.image_shape)), hidden_dims=tuple(config.model.hidden_dims),
-                               num_classes=config.model.num_classes, num_heads=stream.num_experiences)
+                               num_classes=config.model.num_classes,
+                               num_heads=1 if scenario == 2 else stream.num_experiences)
     else:
         net = resnet
+    if name in MLP_ONLY:
+        return _replay_system(config, stream, net)
     if name != "hn":
         common = dict(model=MultiHeadResNet(resnet, stream.num_experiences, norm=config.model.norm),
                       lr=config.optim.lr, eps_root=config.optim.eps_root)
@@ -51,6 +63,11 @@ def create_strategy(config, stream):
                                 buffer_size=s.buffer_size, replay_batch_size=s.replay_batch_size,
                                 replay_coef=s.replay_coef, feature_batch_size=config.train.eval_batch_size)
         return {"naive": Naive, "joint": Joint}[name](**common)
+    return _hn(config, stream, net)
+
+
+def _hn(config, stream, net) -> HN:
+    s = config.strategy
     model = PartialHypernetwork.create(
         net, s.freeze_depth, num_tasks=stream.num_experiences, norm=config.model.norm,
         **config.hnet.to_dict())
@@ -58,3 +75,20 @@ def create_strategy(config, stream):
               combine=s.combine, lookahead_step=s.lookahead_step, reg_subset=s.reg_subset, reg_reduce=s.reg_reduce,
               train_old_embeddings=s.train_old_embeddings, copy_embedding=s.copy_embedding,
               input_shape=tuple(stream.image_shape), buffer_size=s.get("buffer_size", 200))
+
+
+def _replay_system(config, stream, net: models.MLPConfig):
+    """tir or replay on `net` (the MLP), with the generative memory of `config.replay`."""
+    r, name = config.replay, config.strategy.name
+    vae = VAE(in_features=net.in_features, encoder_dims=tuple(r.encoder_dims),
+              decoder_dims=tuple(r.decoder_dims[name]), latent_dim=r.latent_dim, condition_dim=r.condition_dim)
+    hnet = {k: tuple(v) if k == "hidden_dims" else v for k, v in r.hnet.to_dict().items()}
+    memory = GenerativeMemory.create(vae, stream.num_experiences, lr=r.lr, beta=r.beta, **hnet)
+    if name == "tir":
+        inference = models.MLPConfig(net.in_features, net.hidden_dims, stream.num_experiences, 1)
+        return TIR(_hn(config, stream, net), memory, inference, lr=config.optim.lr, replay_weight=r.replay_weight)
+    scenario = config.strategy.get("scenario", 1)
+    if scenario not in SCENARIOS:
+        raise ValueError(f"strategy replay (HNET+R) trains for scenario 2 (one head) or 3 (a head per task, the "
+                         f"argmax over all), got strategy.scenario={scenario}")
+    return Replay(net, memory, lr=config.optim.lr, replay_weight=r.replay_weight, temperature=r.temperature)

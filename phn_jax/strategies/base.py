@@ -14,8 +14,11 @@ functions of an explicit state pytree:
   eval_context(state) -> ctx                          once per evaluation (e.g. ω of every task)
   eval_logits(state, ctx, x, mask, task_id) -> [B, C]
   memory(state) -> dict                               sizes in MB for the metrics (Table 6)
-  eval_logits_all_tasks(state, ctx, x, mask) -> [T, B, C]   optional: the logits of every task's
-        model, for evaluation without task ids (`phn_jax.task_inference`)
+  predict_without_task_id(state, ctx, x, mask, num_learned) -> (task [B], class [B])   optional:
+        the predictions without task ids, the task among 0..num_learned−1 and the class within it
+        (`phn_jax.task_inference`: `ByEntropy` makes them from `eval_logits_all_tasks(state, ctx, x,
+        mask) -> [T, B, C]`, the logits of every task's model); `without_task_ids`: the matrices
+        they make (default: all of `metrics.WITHOUT_TASK_IDS`)
 
 Class attribute `first_step_differs`: whether `train_step` with first=True is another program than
 with first=False (HN and LR-k train their frozen part in the first experience); when False, the

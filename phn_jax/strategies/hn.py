@@ -23,13 +23,14 @@ import jax.numpy as jnp
 import optax
 
 from phn_jax import lookahead, metrics
+from phn_jax.task_inference import ByEntropy
 from phn_jax.partial_hnet import PartialHypernetwork
 from phn_jax.runtime import compiled_init, float_dtype
 from phn_jax.strategies.base import masked_correct, masked_cross_entropy
 
 
 @dataclasses.dataclass(frozen=True)
-class HN:
+class HN(ByEntropy):
     """Static configuration of HN-k (hashable: a static argument of the jitted steps).
 
     beta: β of the output regulariser (0.5 in the paper). order: 'none' | 'first' | 'second'.

@@ -28,10 +28,11 @@ from phn_jax import metrics, models
 from phn_jax.runtime import compiled_init
 from phn_jax.strategies.base import masked_correct, masked_cross_entropy
 from phn_jax.strategies.multihead import MultiHeadResNet
+from phn_jax.task_inference import ByEntropy
 
 
 @dataclasses.dataclass(frozen=True)
-class Naive:
+class Naive(ByEntropy):
     """Multi-head fine-tuning. model: the multi-head ResNet; lr, eps_root: Adam's."""
 
     model: MultiHeadResNet
