@@ -217,8 +217,27 @@ def test_von_oswald_table_of_mlp_runs(tmp_path):
     assert "## von Oswald et al. (ICLR 2020), Table 1" in text
     # learning accuracy (0.99 + acc) / 2: 98.0 and 99.0; forgetting 0.99 − 0.98 = 1.0 in both seeds;
     # HNET+ENT after the last task (0.9 + 0.8) / 2, during (each right after it was learned) (0.99 + 0.8) / 2
-    assert ("| PermutedMNIST-10 | HNET | 98.00 ± 0.71 (n=2) | 97.57 ± 0.02 | +0.43 | 98.50 ± 0.71 | 1.00 ± 0.00 "
-            "| 85.00 ± 0.00 | 89.50 ± 0.00 | 90.00 ± 0.00 |") in text
+    # (CL2 from a one-head run: none here)
+    assert ("| PermutedMNIST-10 | HNET | 98.00 ± 0.71 (n=2) | 97.57 ± 0.02 | +0.43 | — | — | 85.00 ± 0.00 "
+            "| 89.50 ± 0.00 | 90.00 ± 0.00 | heads: n=2 |") in text
+    # von Oswald et al.'s replay systems: HNET+TIR (a head per task: CL3, and its CL1) and HNET+R with one
+    # head (CL2: the class within the task, no task inferred) and with a head per task (CL3)
+    runs = {"tir": (3, dict(class_incremental=[[0.99, NAN], [0.95, 0.7]], task_inference=[[1.0, NAN], [0.96, 0.72]],
+                            domain_incremental=[[0.99, NAN], [0.97, 0.9]])),
+            "replay2": (2, dict(domain_incremental=[[0.99, NAN], [0.9, 0.98]])),
+            "replay3": (3, dict(class_incremental=[[0.99, NAN], [0.6, 0.98]], task_inference=[[1.0, NAN], [0.6, 0.99]],
+                                domain_incremental=[[0.99, NAN], [0.8, 0.98]]))}
+    for name, (scenario, without) in runs.items():
+        c = load_config(ROOT / "experiments" / "configs" / "permuted_mnist.py")
+        c.strategy.update(name=name[:-1] if name[-1].isdigit() else name, scenario=scenario)
+        report.write_config(tmp_path / name, c)
+        report.write_metrics(tmp_path / name, metrics.summarize(np.array([[0.99, NAN], [0.98, 0.98]]), [60.0] * 2, {},
+                                                                **{k: np.array(v) for k, v in without.items()}))
+    text = paper.report_markdown(tmp_path)
+    assert ("| PermutedMNIST-10 | HNET+TIR | 98.00 (n=1) | 97.57 ± 0.02 | +0.43 | — | — | 82.50 | 84.50 | 84.00 "
+            "| heads: n=1 |") in text
+    assert ("| PermutedMNIST-10 | HNET+R | — | — | — | 94.00 | 98.50 | 79.00 | 98.50 | 79.50 "
+            "| heads: n=1; one head: n=1 |") in text
 
 
 def test_a_paper_cell_takes_only_runs_at_the_papers_settings(tmp_path):

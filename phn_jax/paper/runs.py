@@ -20,6 +20,8 @@ TABLE2_METHODS = ("Naive", "EWC", "LR-1", "HN-1", "LR-2", "HN-2", "LR-3", "HN-3"
 # Table 1 and Figure 7: (clean, noisy) twins; the paper's, then `make paper QUICK=1`'s
 CLEAN_NOISY = (("clean_cifar100", "noisy_cifar100"), ("clean_digits", "noisy_digits"))
 VON_OSWALD_STREAMS = ("permuted_mnist", "split_mnist")  # von Oswald et al.'s Table 1 (paper_results table vo1)
+VON_OSWALD_SYSTEMS = {"tir": "HNET+TIR", "replay": "HNET+R"}  # their replay systems, by strategy
+ONE_HEAD, HEAD_PER_TASK = "one head", "a head per task"  # the MLP's heads (setting_name)
 # Tables 2, 4, 5, 6: the paper's streams first, then any other class-split stream with runs
 PAPER_STREAMS = ("split_cifar100", "split_tinyimagenet")
 NOT_CLASS_SPLIT = ("transfer",) + tuple(s for pair in CLEAN_NOISY for s in pair)
@@ -86,11 +88,14 @@ def paper_value(results: list[dict], table: int, stream: str, method: str, metri
 
 def method_name(config: dict) -> str:
     """The paper's name of a run's method: Naive, EWC, Joint, LR-k, HN-k, HN-F (HN-0); HNET (von Oswald
-    et al.'s name) for HN with their MLP target (model.arch=mlp)."""
+    et al.'s name) for HN with their MLP target (model.arch=mlp), HNET+TIR and HNET+R for their replay
+    systems (strategies tir and replay)."""
     s = config["strategy"]
     name, k = s["name"], s["freeze_depth"]
     if name == "hn" and config.get("model", {}).get("arch") == "mlp":
         return "HNET"
+    if name in VON_OSWALD_SYSTEMS:
+        return VON_OSWALD_SYSTEMS[name]
     if name == "hn":
         return "HN-F" if k == 0 else f"HN-{k}"
     if name == "lr":
@@ -100,11 +105,15 @@ def method_name(config: dict) -> str:
 
 def setting_name(config: dict) -> str:
     """What the paper's tables vary within a method: HN's look-ahead order, LR's replay coefficient;
-    ", pretrained" where the frozen part came from strategy.frozen_init (the reference scripts' way)."""
+    ", pretrained" where the frozen part came from strategy.frozen_init (the reference scripts' way);
+    for von Oswald et al.'s MLP, one head for every task (strategy.scenario=2: their CL2) or a head per task."""
     s = config["strategy"]
     pretrained = ", pretrained" if s["frozen_init"] != "none" else ""  # (not the paper's setting)
+    one_head = s.get("scenario", 1) == 2
     if s["name"] == "hn":
-        return f"order={s['order']}{pretrained}"
+        return f"order={s['order']}{pretrained}" + (", one head" if one_head else "")
+    if s["name"] in VON_OSWALD_SYSTEMS:
+        return ONE_HEAD if one_head else HEAD_PER_TASK
     if s["name"] == "lr":
         return f"c={float(s['replay_coef']):g}{pretrained}"
     return ""
@@ -191,7 +200,8 @@ def find(groups, stream: str, method: str, setting: str | None, notes: list[str]
     newest), the row's name saying the settings that tell it from the others. What else was found for
     the row (another qualifying configuration, one at other settings, an unfinished one) is named in
     `notes`."""
-    default = {"HN": "order=first", "HNET": "order=first", "LR": "c=1"}
+    default = {"HN": "order=first", "HNET": "order=first", "LR": "c=1", **dict.fromkeys(VON_OSWALD_SYSTEMS.values(),
+                                                                                   HEAD_PER_TASK)}
     want = setting if setting is not None else default.get(method.split("-")[0], "")
     found = [g for g in groups if (g.stream, g.method, g.setting) == (stream, method, want)]
     wanted = paper_settings(stream, method) or {}

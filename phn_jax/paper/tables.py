@@ -2,8 +2,8 @@
 value and the difference, the rows' configurations chosen by `runs.find`."""
 from __future__ import annotations
 
-from phn_jax.paper.runs import (CLEAN_NOISY, DEPTHS, NOT_CLASS_SPLIT, PAPER_STREAMS, TABLE2_METHODS, VON_OSWALD_STREAMS,
-                                find, paper_value, title)
+from phn_jax.paper.runs import (CLEAN_NOISY, DEPTHS, NOT_CLASS_SPLIT, ONE_HEAD, PAPER_STREAMS,
+                                TABLE2_METHODS, VON_OSWALD_STREAMS, VON_OSWALD_SYSTEMS, find, paper_value, title)
 
 
 def _ours(aggregate: dict, metric: str) -> dict | None:
@@ -155,22 +155,37 @@ def table6(groups, paper) -> list[str]:
 
 
 def table_von_oswald(groups, paper) -> list[str]:
-    """von Oswald et al.'s Table 1: HNET on their MNIST streams; CL1 (task given: our ACA) beside their
-    number, our learning accuracy and forgetting, and ours with the task inferred by entropy
-    (HNET+ENT: class-incremental accuracy after the last task and "during", each task right after it
-    was learned among the tasks so far, as hypercl's acc_during_mean; task-inference accuracy)."""
+    """von Oswald et al.'s Table 1: their methods on their MNIST streams, a column per scenario (van de
+    Ven & Tolias), each after the last task and "during" (each task tested right after it was learned,
+    among the tasks so far: hypercl's acc_during_mean). HNET: CL1 (the task given: our ACA) beside the
+    paper's number, CL2 from its one-head run and CL3 from its run with a head per task, both with the
+    task inferred by entropy (HNET+ENT); HNET+TIR (the task inferred by the task-inference network) and
+    HNET+R (the replay-trained classifier, no task): CL2 from their one-head runs, CL3 from their runs
+    with a head per task. The paper's CL2/CL3 numbers are not in this repository's copies of the paper:
+    none are shown."""
     rows, notes = [], []
+    cols = (("CL2", "domain_incremental"), ("CL3", "class_incremental"))
     for stream in VON_OSWALD_STREAMS:
-        g, name = find(groups, stream, "HNET", None, notes)
-        if g is not None:
-            cl1 = cells(_ours(g.aggregate, "aca"), paper_value(paper, "vo1", stream, "HNET", "aca"), 2)
-            ours = [_cell(_ours(g.aggregate, m), 2) for m in ("learning_accuracy", "forgetting",
-                                                              "class_incremental_accuracy", "class_incremental_during",
-                                                              "task_inference_accuracy")]
-            rows.append([title(stream), name, *cl1, *ours])
-    return _table("von Oswald et al. (ICLR 2020), Table 1: accuracy (%) after the last task",
-                  ["stream", "method", "ours CL1", "paper CL1", "Δ CL1", "ours learning accuracy", "ours forgetting",
-                   "ours HNET+ENT (class-incremental)", "ours HNET+ENT during", "ours task inference"], rows, notes)
+        for method in ("HNET",) + tuple(VON_OSWALD_SYSTEMS.values()):
+            single = "order=first, one head" if method == "HNET" else ONE_HEAD  # (a head per task: the default)
+            runs = {"heads": find(groups, stream, method, None, notes), "one": find(groups, stream, method, single, notes)}
+            if all(g is None for g, _ in runs.values()):
+                continue
+            g, name = runs["heads"]
+            cl1 = (cells(_ours(g.aggregate, "aca"), paper_value(paper, "vo1", stream, "HNET", "aca"), 2)
+                   if g is not None and method != "HNET+R" else ("—",) * 3)
+            by_scenario = []
+            for scenario, metric in cols:
+                src = runs["one"][0] if scenario == "CL2" else g
+                by_scenario += [_cell(src and _ours(src.aggregate, f"{metric}_accuracy"), 2),
+                                _cell(src and _ours(src.aggregate, f"{metric}_during"), 2)]
+            seeds = "; ".join(f"{label}: n={len(r.seeds)}" for label, (r, _) in (("heads", runs["heads"]),
+                                                                                  ("one head", runs["one"])) if r)
+            rows.append([title(stream), method, *cl1, *by_scenario, _cell(g and _ours(g.aggregate, "task_inference_accuracy"), 2),
+                         seeds])
+    return _table("von Oswald et al. (ICLR 2020), Table 1: accuracy (%) by scenario",
+                  ["stream", "method", "ours CL1", "paper CL1", "Δ CL1", "ours CL2", "CL2 during", "ours CL3",
+                   "CL3 during", "task inference (CL3 run)", "runs"], rows, notes)
 
 
 def transfer_results(groups) -> dict[tuple[str, str], dict[str, list]]:
