@@ -33,7 +33,9 @@ Parts:
   mnist  von Oswald et al.'s MNIST configs (`make split-mnist`, `make permuted-mnist`: their MLP from a
          chunked hypernetwork, batch 128) on a synthetic stream of their shapes: the experience-1
          step and the look-ahead step (experience 2), timed together; the look-ahead / experience-1
-         ratio is what a look-ahead epoch costs over an experience-1 epoch
+         ratio is what a look-ahead epoch costs over an experience-1 epoch; beside them a step of
+         their replay systems in experience 2 (HNET+TIR, HNET+R with a head per task: every system
+         of each trains in one step; the replay's cost does not grow with the tasks)
   torch  our full-network steps (Naive; the experience-1 step of HN-0 and HN-3) and a plain PyTorch
          step of the same slim ResNet-18 (`experiments/bench_torch.py --serve`, run by --torch-python
          in its own environment, its steps alternating with ours; on the GPU when that torch sees
@@ -98,10 +100,12 @@ def bench_config(strategy: str = "hn", freeze_depth: int = 3, order: str = "firs
     return c
 
 
-def mnist_config(name: str):
-    """experiments/configs/`name`.py (von Oswald et al.'s MNIST settings) on a synthetic stream of its
-    shapes (experiences, classes, image size, one channel), so that no dataset is needed."""
-    c = config_lib.load_config(config_lib.CONFIGS / f"{name}.py")
+def mnist_config(config_name: str, **strategy):
+    """experiments/configs/`config_name`.py (von Oswald et al.'s MNIST settings) on a synthetic stream of its
+    shapes (experiences, classes, image size, one channel), so that no dataset is needed; `strategy`:
+    fields of config.strategy to change (e.g. name='tir', scenario=3)."""
+    c = config_lib.load_config(config_lib.CONFIGS / f"{config_name}.py")
+    c.strategy.update(**strategy)
     size, tasks = c.data.image_size, c.data.num_experiences
     classes = c.data.get("classes_per_experience", c.model.num_classes)
     c.data = data.default_data_config("synthetic")
@@ -396,7 +400,9 @@ def cases(parts) -> list[list[tuple[str, object, int]]]:
     if "mnist" in parts:
         for title, name in MNIST_CONFIGS.items():
             c = mnist_config(name)
-            out.append([(f"{title} experience 1", c, 0), (f"{title} look-ahead", c, 1)])
+            systems = [(f"{title} {system}", mnist_config(name, strategy=strategy, scenario=3), 1)
+                       for system, strategy in (("HNET+TIR", "tir"), ("HNET+R", "replay"))]
+            out.append([(f"{title} experience 1", c, 0), (f"{title} look-ahead", c, 1)] + systems)
     return [group for group in out if group]
 
 
@@ -477,6 +483,9 @@ def ratios(timings: list[Timing]) -> dict[str, float]:
             if first.gflop_per_s and lookahead.gflop_per_s:
                 out[f"{title}: look-ahead / experience-1 step (FLOPs)"] = (lookahead.gflop_per_s * lookahead.ms_median
                                                                          / (first.gflop_per_s * first.ms_median))
+        for system in ("HNET+TIR", "HNET+R"):
+            if lookahead and (step := by.get(f"{title} {system}")):
+                out[f"{title}: {system} / look-ahead step (time)"] = step.ms_median / lookahead.ms_median
     for what in ("HN-3 first", "HN-3 experience 1"):
         one = by.get(f"{what}, 1 seed")
         for n in (3, 8):

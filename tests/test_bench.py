@@ -171,8 +171,13 @@ def test_mnist_configs_on_their_shapes_and_the_look_ahead_ratio():
     for c in (split, permuted):
         assert (c.data.name, c.data.channels, c.model.arch, c.hnet.kind, c.train.batch_size) == (
             "synthetic", 1, "mlp", "chunked", 128)
-    r = bench.ratios([_t("SplitMNIST experience 1", 2.0), _t("SplitMNIST look-ahead", 5.0)])
-    assert r == {"SplitMNIST: look-ahead / experience-1 step (time)": pytest.approx(2.5)}
+    r = bench.ratios([_t("SplitMNIST experience 1", 2.0), _t("SplitMNIST look-ahead", 5.0),
+                      _t("SplitMNIST HNET+TIR", 15.0)])
+    assert r == {"SplitMNIST: look-ahead / experience-1 step (time)": pytest.approx(2.5),
+                 "SplitMNIST: HNET+TIR / look-ahead step (time)": pytest.approx(3.0)}
+    # the replay systems' steps: their strategies on the same configs, with a head per task
+    tir = bench.mnist_config("split_mnist", name="tir", scenario=3)
+    assert (tir.strategy.name, tir.strategy.scenario, tir.data.name) == ("tir", 3, "synthetic")
 
 
 def test_checkpoint_programs_and_their_ratios(tmp_path):
