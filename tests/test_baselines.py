@@ -290,7 +290,7 @@ def test_joint_refuses_streams_with_different_pipelines(tmp_path):
 
 
 @pytest.mark.parametrize("overrides,match", [
-    ({"strategy.name": "replay"}, "unknown strategy 'replay'"),
+    ({"strategy.name": "rehearsal"}, "unknown strategy 'rehearsal'"),
     ({"strategy.name": "lr", "strategy.freeze_depth": 5}, "freeze depth k=5 is out of range"),
     ({"strategy.name": "lr", "strategy.buffer_size": 0}, "replay_coef=1.0 replays from a buffer"),
     ({"strategy.name": "lr", "strategy.replay_coef": -1.0}, "replay_coef must be ≥ 0"),
