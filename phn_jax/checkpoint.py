@@ -126,6 +126,24 @@ def errors_file(directory: str | os.PathLike) -> Path | None:
     return Path(directory).parent / ERRORS_FILE if jax.process_index() == 0 else None
 
 
+def open_errors_file(path: Path | None, header: str):
+    """(f, start, end): `path` opened for appending with `header` written and flushed (start, end: the
+    offsets before and after it), or os.devnull (0, 0) where `path` is None or cannot be written (a
+    full disk, a read-only directory)."""
+    f = None
+    try:
+        f = open(path, "a") if path is not None else open(os.devnull, "w")
+        start = f.tell()
+        f.write(header)
+        f.flush()
+        return f, start, f.tell()
+    except OSError:
+        if f is not None:
+            with contextlib.suppress(OSError):
+                f.close()
+        return open(os.devnull, "w"), 0, 0
+
+
 @contextlib.contextmanager
 def stderr_to(path: Path | None, what: str):
     """Sends the process's stderr (file descriptor 2: TensorStore's and orbax's threads print pages of
@@ -133,18 +151,8 @@ def stderr_to(path: Path | None, what: str):
     a line naming `what` and the time; nothing is left there when nothing was printed. `path` None,
     or a file that cannot be opened (a full disk, a read-only directory): os.devnull."""
     sys.stderr.flush()
-    f = None
-    try:
-        f = open(path, "a") if path is not None else open(os.devnull, "w")
-        start = f.tell()
-        f.write(f"== {what}, {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}\n")
-        f.flush()
-        header_end = f.tell()
-    except OSError:
-        if f is not None:
-            with contextlib.suppress(OSError):
-                f.close()
-        f, start, header_end = open(os.devnull, "w"), 0, 0
+    f, start, header_end = open_errors_file(
+        path, f"== {what}, {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}\n")
     saved = os.dup(2)
     failed = True
     try:

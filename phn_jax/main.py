@@ -122,13 +122,8 @@ def _exit_with(message: str, errors: Path | None, err: BaseException | None = No
     collected at exit) goes to `errors`, after `err`'s traceback (None, or a file that cannot be
     written: os.devnull)."""
     print(message, file=sys.stderr, flush=True)
-    try:
-        f = open(errors, "a") if errors is not None else open(os.devnull, "w")
-        if err is not None:
-            f.write("== " + message + "\n" + "".join(traceback.format_exception(err)))
-            f.flush()
-    except OSError:  # (a full disk)
-        f = open(os.devnull, "w")
+    f, _, _ = checkpoint.open_errors_file(
+        errors, "" if err is None else "== " + message + "\n" + "".join(traceback.format_exception(err)))
     os.dup2(f.fileno(), 2)
     sys.stderr = f
     sys.exit(2)
