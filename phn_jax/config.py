@@ -341,6 +341,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     if s.get("name") in MLP_ONLY and config.get("model", {}).get("arch") != "mlp":
         problems.append(f"strategy {s.get('name')!r} (von Oswald et al.'s replay) needs model.arch='mlp' (got "
                         f"{config.get('model', {}).get('arch')!r}): use the split_mnist or permuted_mnist config")
+    if s.get("name") in MLP_ONLY and config.get("data", {}).get("normalize", True):
+        problems.append(f"strategy {s.get('name')!r}'s VAE models pixels in [0, 1] (a Bernoulli likelihood, as von "
+                        "Oswald et al.'s): it needs data.normalize=False (the MNIST configs' setting)")
     if s.get("name") == "replay" and s.get("scenario") not in REPLAY_SCENARIOS:
         problems.append(f"strategy 'replay' (HNET+R) trains for strategy.scenario 2 (one head) or 3 (a head per "
                         f"task), got {s.get('scenario')!r}: SCENARIO=2 or SCENARIO=3")

@@ -9,6 +9,14 @@ import numpy as np
 from phn_jax import metrics
 
 HISTORY_COLUMNS = ("experience", "epoch", "loss", "ce", "reg", "cos_g1_g2", "train_accuracy", "time_s")
+# The losses of systems beside the classifier, where a strategy's step reports them (tir, replay: the
+# generative memory's L_VAE and L_H at its look-ahead; tir: the task-inference network's loss).
+EXTRA_HISTORY_COLUMNS = ("vae_loss", "vae_reg", "inference_loss")
+
+
+def history_columns(rows: list[dict]) -> tuple[str, ...]:
+    """HISTORY_COLUMNS and the EXTRA_HISTORY_COLUMNS the rows have."""
+    return HISTORY_COLUMNS + tuple(c for c in EXTRA_HISTORY_COLUMNS if rows and c in rows[0])
 
 
 def epoch_row(t: int, epoch: int, step_metrics: dict, seconds: float) -> dict:
@@ -18,7 +26,7 @@ def epoch_row(t: int, epoch: int, step_metrics: dict, seconds: float) -> dict:
     mean = lambda k: float(np.mean(m[k][ran]))
     return {"experience": t, "epoch": epoch, "loss": mean("loss"), "ce": mean("ce"), "reg": mean("reg"),
             "cos_g1_g2": mean("cos_g1_g2"), "train_accuracy": float(m["correct"].sum() / m["count"].sum()),
-            "time_s": seconds}
+            "time_s": seconds, **{k: mean(k) for k in EXTRA_HISTORY_COLUMNS if k in m}}
 
 
 @dataclasses.dataclass

@@ -61,7 +61,7 @@ from phn_jax import checkpoint, metrics, programs, report, rundir, runtime
 from phn_jax.config import with_defaults
 from phn_jax.metrics import WITHOUT_TASK_IDS
 from phn_jax.programs import fold_in, split_key
-from phn_jax.progress import HISTORY_COLUMNS, Progress, epoch_row, progress_from_json, progress_json
+from phn_jax.progress import Progress, epoch_row, history_columns, progress_from_json, progress_json
 from phn_jax.rundir import RunDirs
 from phn_jax.run_setup import Setup, memory_of, setup, test_sets, train_arrays, with_frozen_init
 
@@ -294,7 +294,7 @@ def write_results(s: Setup, dirs: RunDirs, progress: list[Progress], memory: dic
     summaries = [p.summary(memory) for p in progress]
     for d, p, summary in zip(dirs.results, progress, summaries):
         report.write_report(d, summary)
-        report.write_table(d / "train_history.csv", HISTORY_COLUMNS, p.history)
+        report.write_table(d / "train_history.csv", history_columns(p.history), p.history)
     if dirs.grouped:
         report.write_aggregate(dirs.workdir, metrics.aggregate_seeds(summaries, s.seeds))
     return summaries

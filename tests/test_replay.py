@@ -200,9 +200,9 @@ def test_task_inference_network_tells_separable_tasks_apart_with_replay():
 
 
 def _replay_config(name, scenario, **overrides):
-    """tiny_config's stream (3 experiences, 16x16x3) with the MLP, a small chunked hypernetwork and a
-    small generative memory, 20 epochs."""
-    c = tiny_config(**{"model.arch": "mlp", "model.hidden_dims": (16,), "strategy.freeze_depth": 0,
+    """tiny_config's stream (3 experiences, 16x16x3, pixels in [0, 1]) with the MLP, a small chunked
+    hypernetwork and a small generative memory, 20 epochs."""
+    c = tiny_config(**{"model.arch": "mlp", "model.hidden_dims": (16,), "strategy.freeze_depth": 0, "data.normalize": False,
                        "strategy.name": name, "strategy.scenario": scenario, "strategy.lookahead_step": "optimizer",
                        "strategy.beta": 0.05, "train.epochs": 20, **overrides})
     c.hnet.update(kind="chunked", **{k: v for k, v in SMALL_HNET.items() if k != "chunk_dim"}, chunk_dim=1024)
@@ -219,7 +219,7 @@ def tir_run(tmp_path_factory):
 
 
 def test_tir_run_reports_every_scenario(tir_run):
-    _, summary = tir_run
+    workdir, summary = tir_run
     R, cl2, cl3, task = (np.array(summary[m], float) for m in ("accuracy_matrix", "domain_incremental_matrix",
                                                                 "class_incremental_matrix", "task_inference_matrix"))
     seen = np.tril(np.ones((3, 3), bool))
@@ -233,6 +233,13 @@ def test_tir_run_reports_every_scenario(tir_run):
     # the prototypes are easy: each task learned, and its task inferred well above chance (1/3) after the last
     assert summary["learning_accuracy"] > 0.9 and summary["task_inference_accuracy"] > 0.6, summary
     assert summary["memory"]["replay_params"] > 0 and summary["memory"]["task_inference_params"] > 0
+    # the history has the other systems' losses: the VAE's, trained in every experience but the last
+    # (no later task replays it), and the task-inference network's, from the second on
+    import csv
+    rows = list(csv.DictReader((workdir / "train_history.csv").open()))
+    per_experience = lambda key: [np.mean([float(r[key]) for r in rows if r["experience"] == str(t)]) for t in range(3)]
+    vae, inference = per_experience("vae_loss"), per_experience("inference_loss")
+    assert vae[0] > 0 and vae[1] > 0 and vae[2] == 0 and inference[0] == 0 and inference[1] > 0
 
 
 def test_tir_resumes_bit_identically(tir_run, tmp_path, monkeypatch):
@@ -264,6 +271,9 @@ def test_replay_systems_need_the_mlp_and_their_scenario():
         check_config(c)
     c = _replay_config("tir", 3, **{"model.arch": "resnet"})
     with pytest.raises(ConfigError, match="needs model.arch='mlp'"):
+        check_config(c)
+    c = _replay_config("tir", 3, **{"data.normalize": True})
+    with pytest.raises(ConfigError, match="needs data.normalize=False"):
         check_config(c)
     stream = types.SimpleNamespace(num_experiences=3, classes_per_experience=2, image_shape=(16, 16, 3))
     assert isinstance(create_strategy(_replay_config("replay", 3), stream), Replay)

@@ -159,7 +159,7 @@ def default_data_config(name: str) -> ml_collections.ConfigDict:
       split_digits: image_size, test_fraction, split_seed (the stratified train/test split).
       noisy_digits / clean_digits: split_digits' fields and noise.
       synthetic: num_experiences, classes_per_experience, train_per_class, test_per_class,
-        image_size, channels, noise_std, conflict (see `phn_jax.data.synthetic`), augment
+        image_size, channels, noise_std, conflict (see `phn_jax.data.synthetic`), augment, normalize
         (transforms.AUGMENTATIONS).
     """
     _check_name(name)
@@ -488,7 +488,9 @@ def _synthetic(config) -> Stream:
         seed=config.seed,
     )
     c = config.classes_per_experience
-    pre = Preprocess(augment=config.augment, mean=(0.5,) * config.channels, std=(0.25,) * config.channels, channels=config.channels)
+    mean, std = (0.5, 0.25) if config.normalize else (0.0, 1.0)
+    pre = Preprocess(augment=config.augment, mean=(mean,) * config.channels, std=(std,) * config.channels,
+                     channels=config.channels)
     experiences = [
         Experience(
             task_id=t,
@@ -556,6 +558,7 @@ KINDS: dict[str, StreamKind] = {
         noise_std=0.25,
         conflict=True,
         augment="none",  # or "crop_flip": Split-CIFAR100's training augmentation (the bench's CIFAR shapes)
+        normalize=True,  # (x − 0.5) / 0.25, or False: pixels in [0, 1]
     ), _synthetic),
 }
 STREAMS = tuple(KINDS)
