@@ -43,7 +43,7 @@ def test_cases_cover_every_depth_and_order():
     assert list(bench.FULL_NETWORK) + [bench.TORCH_STEP] in groups
     assert {"Naive", "EWC", "LR-3", "HN-3 experience 1, 8 seeds vmap"} <= set(names)
     for title in bench.MNIST_CONFIGS:
-        assert [f"{title} experience 1", f"{title} look-ahead"] in groups
+        assert [f"{title} experience 1", f"{title} look-ahead", f"{title} HNET+TIR", f"{title} HNET+R"] in groups
     with pytest.raises(SystemExit):
         bench.main(["--parts", "nothing"])
 
