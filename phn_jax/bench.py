@@ -110,7 +110,7 @@ def mnist_config(config_name: str, **strategy):
     classes = c.data.get("classes_per_experience", c.model.num_classes)
     c.data = data.default_data_config("synthetic")
     c.data.update(num_experiences=tasks, classes_per_experience=classes, image_size=size, channels=1,
-                  train_per_class=c.train.batch_size // classes + 1, test_per_class=10, conflict=False)
+                  train_per_class=c.train.batch_size // classes + 1, test_per_class=10, conflict=False, normalize=False)
     c.train.update(progress=False, num_devices=1)
     return c
 
@@ -400,7 +400,7 @@ def cases(parts) -> list[list[tuple[str, object, int]]]:
     if "mnist" in parts:
         for title, name in MNIST_CONFIGS.items():
             c = mnist_config(name)
-            systems = [(f"{title} {system}", mnist_config(name, strategy=strategy, scenario=3), 1)
+            systems = [(f"{title} {system}", mnist_config(name, name=strategy, scenario=3), 1)
                        for system, strategy in (("HNET+TIR", "tir"), ("HNET+R", "replay"))]
             out.append([(f"{title} experience 1", c, 0), (f"{title} look-ahead", c, 1)] + systems)
     return [group for group in out if group]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from phn_jax import bench, checkpoint
-from phn_jax.config import load_config
+from phn_jax.config import check_config, load_config
 
 ROOT = Path(__file__).parent.parent
 
@@ -177,7 +177,10 @@ def test_mnist_configs_on_their_shapes_and_the_look_ahead_ratio():
                  "SplitMNIST: HNET+TIR / look-ahead step (time)": pytest.approx(3.0)}
     # the replay systems' steps: their strategies on the same configs, with a head per task
     tir = bench.mnist_config("split_mnist", name="tir", scenario=3)
-    assert (tir.strategy.name, tir.strategy.scenario, tir.data.name) == ("tir", 3, "synthetic")
+    assert (tir.strategy.name, tir.strategy.scenario, tir.data.name, tir.data.normalize) == ("tir", 3, "synthetic", False)
+    check_config(tir)
+    cases = {name: c for group in bench.cases(("mnist",)) for name, c, _ in group}
+    assert cases["PermutedMNIST-10 HNET+R"].strategy.name == "replay" and cases["SplitMNIST HNET+TIR"].strategy.name == "tir"
 
 
 def test_checkpoint_programs_and_their_ratios(tmp_path):
