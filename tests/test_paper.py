@@ -236,7 +236,7 @@ def test_von_oswald_table_of_mlp_runs(tmp_path):
     text = paper.report_markdown(tmp_path)
     assert ("| PermutedMNIST-10 | HNET+TIR | 98.00 (n=1) | 97.57 ± 0.02 | +0.43 | — | — | 82.50 | 84.50 | 84.00 "
             "| heads: n=1 |") in text
-    assert ("| PermutedMNIST-10 | HNET+R | — | — | — | 94.00 | 98.50 | 79.00 | 98.50 | 79.50 "
+    assert ("| PermutedMNIST-10 | HNET+R | 98.00 (n=1) | — | — | 94.00 | 98.50 | 79.00 | 98.50 | 79.50 "
             "| heads: n=1; one head: n=1 |") in text
 
 

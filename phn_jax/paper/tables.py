@@ -172,8 +172,9 @@ def table_von_oswald(groups, paper) -> list[str]:
             if all(g is None for g, _ in runs.values()):
                 continue
             g, name = runs["heads"]
-            cl1 = (cells(_ours(g.aggregate, "aca"), paper_value(paper, "vo1", stream, "HNET", "aca"), 2)
-                   if g is not None and method != "HNET+R" else ("—",) * 3)
+            # (the paper's CL1 is HNET's, whose classifier HNET+TIR's is; HNET+R's is a classifier of its own)
+            cl1 = cells(g and _ours(g.aggregate, "aca"),
+                        None if method == "HNET+R" else paper_value(paper, "vo1", stream, "HNET", "aca"), 2)
             by_scenario = []
             for scenario, metric in cols:
                 src = runs["one"][0] if scenario == "CL2" else g
