@@ -341,6 +341,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     if s.get("name") in MLP_ONLY and config.get("model", {}).get("arch") != "mlp":
         problems.append(f"strategy {s.get('name')!r} (von Oswald et al.'s replay) needs model.arch='mlp' (got "
                         f"{config.get('model', {}).get('arch')!r}): use the split_mnist or permuted_mnist config")
+    if s.get("scenario") == 2 and config.get("model", {}).get("arch") != "mlp":
+        problems.append("strategy.scenario=2 (one head for every task) is the MLP's (model.arch='mlp'): the ResNet has a "
+                        "head per task; leave SCENARIO= unset for it")
     if s.get("name") in MLP_ONLY and config.get("data", {}).get("normalize", True):
         problems.append(f"strategy {s.get('name')!r}'s VAE models pixels in [0, 1] (a Bernoulli likelihood, as von "
                         "Oswald et al.'s): it needs data.normalize=False (the MNIST configs' setting)")

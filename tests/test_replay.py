@@ -272,6 +272,9 @@ def test_replay_systems_need_the_mlp_and_their_scenario():
     c = _replay_config("tir", 3, **{"model.arch": "resnet"})
     with pytest.raises(ConfigError, match="needs model.arch='mlp'"):
         check_config(c)
+    c = _replay_config("hn", 2, **{"model.arch": "resnet", "hnet.layout": "flax"})
+    with pytest.raises(ConfigError, match="strategy.scenario=2 .* is the MLP's"):
+        check_config(c)
     c = _replay_config("tir", 3, **{"data.normalize": True})
     with pytest.raises(ConfigError, match="needs data.normalize=False"):
         check_config(c)
