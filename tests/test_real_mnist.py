@@ -48,8 +48,8 @@ def data_dir(tmp_path_factory):
     return out
 
 
-def _run(name: str, data_dir: Path, workdir: Path, num_experiences: int | None = None, **strategy) -> dict:
-    c = config_lib.load_config(ROOT / "experiments" / "configs" / f"{name}.py")
+def _run(config_name: str, data_dir: Path, workdir: Path, num_experiences: int | None = None, **strategy) -> dict:
+    c = config_lib.load_config(ROOT / "experiments" / "configs" / f"{config_name}.py")
     c.data.update(data_dir=str(data_dir), num_experiences=num_experiences or c.data.num_experiences)
     c.train.update(progress=False, num_devices=1)
     c.strategy.update(**strategy)

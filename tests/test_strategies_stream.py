@@ -112,7 +112,7 @@ def test_latent_replay_from_the_command_line_on_split_digits(tmp_path):
 
 # ---------------------------------------------------------------------------------------------
 # Data parallelism: a step and an evaluation on a 4-device mesh equal the same on one device (same
-# global batch), for HN, EWC and LR; four host CPU devices come from conftest.py.
+# global batch), for HN, EWC, LR and HNET+R; four host CPU devices come from conftest.py.
 #
 # What is compared (docs/design.md §6): Adam's first step is about −lr·sign(g), so parameters after it are
 # no test of the gradient (entries below the rounding noise flip sign). Adam's first moment after
@@ -128,6 +128,12 @@ DEVICE_CASES = {
     "hn": ({"strategy.name": "hn", **SECOND_ORDER}, True),
     "lr": ({"strategy.name": "lr"}, False),
     "ewc": ({"strategy.name": "ewc"}, True),
+    # HNET+R (von Oswald et al.'s replay) at toy sizes: its replayed batch is generated inside the step
+    "replay": ({"strategy.name": "replay", "strategy.scenario": 3, "model.arch": "mlp", "model.hidden_dims": (16,),
+                "strategy.freeze_depth": 0, "data.normalize": False, "hnet.kind": "chunked", "hnet.chunk_dim": 1024,
+                "replay.encoder_dims": (16,), "replay.latent_dim": 4, "replay.condition_dim": 4,
+                "replay.decoder_dims.replay": (16,), "replay.hnet.chunk_dim": 1024, "replay.hnet.embedding_dim": 4,
+                "replay.hnet.chunk_embedding_dim": 4, "replay.hnet.hidden_dims": (6,)}, False),
 }
 
 

@@ -40,6 +40,7 @@ learned so far (theirs among all T outputs, untrained ones included: the same af
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 from typing import ClassVar
 
 import jax
@@ -174,6 +175,7 @@ class TIR:
         return {"hn": self.hn.init(k_hn), "inference": {"params": params, "opt": _fresh_adam(self.lr, params)},
                 "memory": self.generator.init(k_mem)}
 
+    @partial(jax.jit, static_argnums=0)  # (outputs in buffers of their own: the epoch donates the state)
     def begin_experience(self, state, task_id):
         inference = {**state["inference"], "opt": _fresh_adam(self.lr, state["inference"]["params"])}
         return {"hn": self.hn.begin_experience(state["hn"], task_id), "inference": inference,
@@ -259,6 +261,7 @@ class Replay:
         return {"params": params, "opt": _fresh_adam(self.lr, params), "teacher": params,
                 "memory": self.generator.init(k_mem)}
 
+    @partial(jax.jit, static_argnums=0)  # (teacher and params in buffers of their own: the epoch donates the state)
     def begin_experience(self, state, task_id):
         return {**state, "opt": _fresh_adam(self.lr, state["params"]), "teacher": state["params"],
                 "memory": self.generator.begin_experience(state["memory"], task_id)}
