@@ -183,9 +183,12 @@ def von_oswald_hnet(c: ml_collections.ConfigDict, *, beta: float, lr: float, epo
 def von_oswald_replay(c: ml_collections.ConfigDict, *, encoder_dims: tuple[int, ...], decoder_dims_tir: tuple[int, ...],
                       decoder_dims_replay: tuple[int, ...], lr: float, beta: float, **hnet) -> ml_collections.ConfigDict:
     """von Oswald et al.'s generative memory on `c` (strategies tir and replay), as hypercl's
-    mnist/train_args_default.py sets it: the VAE's encoder (`enc_fc_arch`) and decoder (`dec_fc_arch`:
-    one for HNET+TIR, one for HNET+R), its Adam (`enc_lr`, `dec_lr`, `dec_lr_emb`), its decoder's
-    chunked hypernetwork (`rp_*`: `hnet`, and β = `rp_beta`); the rest at `base_config`'s values,
+    mnist/train_args_default.py sets it for a stream (`_set_default_split`, `_set_default_permuted`):
+    the VAE's encoder (`enc_fc_arch`) and decoder (`dec_fc_arch`: one for HNET+TIR, set where
+    `infer_task_id`, one for HNET+R), its Adam (`enc_lr`, `dec_lr`, `dec_lr_emb`), its decoder's
+    chunked hypernetwork (`hnet`: `rp_temb_size`, `rp_emb_size`, `rp_hnet_arch`, `rp_hnet_act`,
+    `rp_hyper_chunks`; β = `rp_beta`); the task-inference network as their classifier
+    (`class_fc_arch`: model.hidden_dims); the rest at `base_config`'s values,
     theirs for both streams: latent 100 (`latent_dim`), a one-hot task condition of 100
     (`conditional_replay`, `conditional_dim`), λ = 0.5 (`l_rew`, mnist/train_args.py), distillation at
     τ = 2 (mnets/classifier_interface.py), Xavier init and zero biases (mnist/replay/train_utils_replay.py)."""

@@ -34,13 +34,9 @@ each with the file that sets it:
     (`embedding_reset='normal'`), not copied from the previous task
   - task inference by the lowest softmax entropy (HNET+ENT), temperature 1 (`soft_temp`,
     mnist/train_args.py): reported beside the task-incremental accuracy (eval.task_inference)
-  - von Oswald et al.'s replay systems (strategy tir: HNET+TIR; replay: HNET+R; `make permuted-mnist
-    METHOD=tir|replay SCENARIO=2|3`): the VAE of `phn_jax.config.von_oswald_replay` with their values
-    for this stream (mnist/train_args_default.py `_set_default_permuted`): encoder 1000-1000 (`enc_fc_arch`), decoder 1000-1000
-    for HNET+TIR and 400-400 for HNET+R (`dec_fc_arch`), Adam lr 1e-4 (`enc_lr`, `dec_lr`, `dec_lr_emb`); its
-    decoder's chunked hypernetwork: task embedding 24, chunk embedding 8, hidden 25-25 with ELU, chunks of
-    85,000 (`rp_temb_size`, `rp_emb_size`, `rp_hnet_arch`, `rp_hnet_act`, `rp_hyper_chunks`), β = 0.1
-    (`rp_beta`); the task-inference network as their classifier, 1000-1000 (`class_fc_arch`)
+  - the replay systems (`make permuted-mnist METHOD=tir|replay SCENARIO=2|3`): `von_oswald_replay`
+    with `_set_default_permuted`'s: encoder 1000-1000, decoder 1000-1000 (TIR) / 400-400 (R), lr 1e-4;
+    its hypernetwork 24 / 8, 25-25 ELU, chunks of 85,000, β = 0.1
   - the rest of the recipe, and where ours still differs: `phn_jax.config.von_oswald_hnet`
 """
 from phn_jax.config import base_config, von_oswald_hnet, von_oswald_replay

@@ -30,13 +30,9 @@ each with the file that sets it:
   - only the current task's embedding is trained; a new one is drawn from N(0, 1), not copied
   - task inference by the lowest softmax entropy (HNET+ENT), temperature 1: reported beside the
     task-incremental accuracy (eval.task_inference)
-  - von Oswald et al.'s replay systems (strategy tir: HNET+TIR; replay: HNET+R; `make split-mnist
-    METHOD=tir|replay SCENARIO=2|3`): the VAE of `phn_jax.config.von_oswald_replay` with their values
-    for this stream (mnist/train_args_default.py `_set_default_split`): encoder 400-400 (`enc_fc_arch`), decoder 50-150
-    for HNET+TIR and 250-350 for HNET+R (`dec_fc_arch`), Adam lr 1e-3 (`enc_lr`, `dec_lr`, `dec_lr_emb`); its
-    decoder's chunked hypernetwork: task embedding 96, chunk embedding 96, hidden 10-10 with ELU, chunks of
-    50,000 (`rp_temb_size`, `rp_emb_size`, `rp_hnet_arch`, `rp_hnet_act`, `rp_hyper_chunks`), β = 0.01
-    (`rp_beta`); the task-inference network as their classifier, 400-400 (`class_fc_arch`)
+  - the replay systems (`make split-mnist METHOD=tir|replay SCENARIO=2|3`): `von_oswald_replay` with
+    `_set_default_split`'s values: encoder 400-400, decoder 50-150 (TIR) / 250-350 (R), lr 1e-3;
+    its hypernetwork 96 / 96, 10-10 ELU, chunks of 50,000, β = 0.01
   - the rest of the recipe, and where ours still differs: `phn_jax.config.von_oswald_hnet`
 """
 from phn_jax.config import base_config, von_oswald_hnet, von_oswald_replay
