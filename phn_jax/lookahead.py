@@ -66,6 +66,13 @@ def regularized_task_weights(key: jax.Array, task_id: jax.Array, num_tasks: int,
     return prev / jnp.maximum(prev.sum(), 1) if reduce == "mean" else prev.astype(float_dtype())
 
 
+def current_embedding_only(g_psi, task_id):
+    """ψ's gradient with the task embeddings' rows zeroed but row `task_id`: only the current task's
+    embedding moves (the old ones stay as they were learned; von Oswald et al.'s recipe)."""
+    keep = (jnp.arange(g_psi["embeddings"].shape[0]) == task_id)[:, None]
+    return {**g_psi, "embeddings": g_psi["embeddings"] * keep}
+
+
 def tree_cosine(a, b) -> jax.Array:
     """cos(a, b) of two pytrees seen as flat vectors (0 when either is zero)."""
     dot = sum(jnp.vdot(x, y) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))

@@ -69,8 +69,13 @@ def entropy_prediction(logits_per_task: jax.Array, num_learned, temperature: flo
     """(t̂, ŷ) of HNET+ENT: the task of the lowest predictive entropy among the learned ones and the class
     its model predicts: [T, N, C] -> (int32 [N], int32 [N])."""
     t_hat = infer_task(logits_per_task, num_learned, temperature)
-    chosen = jnp.take_along_axis(logits_per_task, t_hat[None, :, None], axis=0)[0]  # [N, C]
-    return t_hat, jnp.argmax(chosen, axis=-1).astype(jnp.int32)
+    return t_hat, class_of(logits_per_task, t_hat)
+
+
+def class_of(logits_per_task: jax.Array, task_hat: jax.Array) -> jax.Array:
+    """ŷ = argmax_c of each sample's model of its inferred task: [T, N, C], t̂ [N] -> int32 [N]."""
+    chosen = jnp.take_along_axis(logits_per_task, task_hat[None, :, None], axis=0)[0]  # [N, C]
+    return jnp.argmax(chosen, axis=-1).astype(jnp.int32)
 
 
 def inferred_correct(task_hat: jax.Array, class_hat: jax.Array, labels: jax.Array, mask: jax.Array,

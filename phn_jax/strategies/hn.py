@@ -135,8 +135,7 @@ class HN(ByEntropy):
                 beta=self.beta, order=self.order, combine=self.combine, virtual_step=virtual)
             ce, reg, cos, (new_stats, logits), g_psi = res.ce, res.reg, res.cos, res.aux, res.grad
             if not self.train_old_embeddings:  # only the current task's embedding moves
-                keep = (jnp.arange(self.num_tasks) == task_id)[:, None]
-                g_psi = {**g_psi, "embeddings": g_psi["embeddings"] * keep}
+                g_psi = lookahead.current_embedding_only(g_psi, task_id)
             g = {"psi": g_psi}
         # φ is trained on the first experience only; once frozen it gets no update and its Adam
         # state stays as it was.

@@ -47,7 +47,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from phn_jax import lookahead, metrics, models
+from phn_jax import lookahead, metrics, models, task_inference
 from phn_jax.hypernetwork import ChunkedHypernetwork, build_hypernetwork
 from phn_jax.runtime import compiled_init
 from phn_jax.strategies.base import masked_correct, masked_cross_entropy
@@ -110,9 +110,7 @@ class GenerativeMemory:
         reg_fn = lambda p: lookahead.output_regularizer(self.hnet.sq_distances(p["psi"], state["targets"]), weights)
         res = lookahead.lookahead_gradient(loss_fn, reg_fn, params, beta=self.beta, order="first", combine="sum",
                                            virtual_step=lookahead.optimizer_step(optax.adam(self.lr), opt))
-        grads = res.grad
-        keep = (jnp.arange(self.num_tasks) == task_id)[:, None]
-        grads = {**grads, "psi": {**grads["psi"], "embeddings": grads["psi"]["embeddings"] * keep}}
+        grads = {**res.grad, "psi": lookahead.current_embedding_only(res.grad["psi"], task_id)}
         params, opt = _adam_update(self.lr, grads, opt, params)
         return {**state, "params": params, "opt": opt}, {"vae_loss": res.ce, "vae_reg": res.reg}
 
@@ -223,9 +221,7 @@ class TIR:
 
     def predict_without_task_id(self, state, ctx, x, mask, num_learned):
         t_hat = self.infer_task(state, x, num_learned)
-        logits = self.hn.eval_logits_all_tasks(state["hn"], ctx, x, mask)  # [T, B, C]
-        chosen = jnp.take_along_axis(logits, t_hat[None, :, None], axis=0)[0]
-        return t_hat, jnp.argmax(chosen, axis=-1).astype(jnp.int32)
+        return t_hat, task_inference.class_of(self.hn.eval_logits_all_tasks(state["hn"], ctx, x, mask), t_hat)
 
     def memory(self, state) -> dict:
         return {**self.hn.memory(state["hn"]), "replay_params": self.generator.num_params(),
