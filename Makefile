@@ -28,7 +28,12 @@ $(STAMP): $(REQUIREMENTS) requirements.txt pyproject.toml
 	$(PY) -c 'import sys, jax; print(f"phn_jax installed in $(VENV): Python {sys.version.split()[0]}, jax {jax.__version__}")'
 	touch $(STAMP)
 
-install: $(STAMP) ## create .venv with the pinned requirements and phn_jax; ACCEL=cpu (default)|cuda|tpu
+# WANDB=1: also the optional Weights & Biases logger (requirements-wandb.txt, pinned; pip's phn_jax[wandb])
+$(VENV)/.installed-wandb: $(STAMP) requirements-wandb.txt
+	$(PY) -m pip install --quiet -r requirements-wandb.txt
+	touch $@
+
+install: $(STAMP) $(if $(filter 1,$(WANDB)),$(VENV)/.installed-wandb) ## create .venv with the pinned requirements and phn_jax; ACCEL=cpu (default)|cuda|tpu; WANDB=1 adds Weights & Biases (--config.log.wandb=<project>)
 
 # The test processes (and the runs they start) share one persistent compilation cache, a fresh one
 # per session: a program compiled once is loaded by every other test process that needs it.
@@ -79,7 +84,12 @@ run       = $(if $(DATA_DIR),TFDS_DATA_DIR=$(DATA_DIR)) $(PY) -m phn_jax.main --
             --config.strategy.replay_coef=$(REPLAY) $(if $(SEEDS),--config.seeds=$(SEEDS)) \
             $(if $(FROZEN_INIT),--config.strategy.frozen_init=$(FROZEN_INIT)) $(if $(SCENARIO),--config.strategy.scenario=$(SCENARIO)) $(ARGS)
 
-.PHONY: demo cifar100 tinyimagenet noisy ablation-order permuted-mnist split-mnist pretrain
+.PHONY: demo example cifar100 tinyimagenet noisy ablation-order permuted-mnist split-mnist pretrain
+# EXAMPLE=linen|nnx: examples/<EXAMPLE>_cnn.py, a user's own Flax module that the hypernetwork generates (docs/own_models.md)
+EXAMPLE ?= linen
+example: $(STAMP) ## your own Flax module as the generated network: EXAMPLE=linen (flax.linen CNN on a frozen stem, HN-1) | nnx (flax.nnx CNN, HN-0) on Split-Digits, offline, under a minute; runs/examples/<EXAMPLE>_cnn; RESUME=1 ARGS=
+	$(PY) -m phn_jax.main --config examples/$(EXAMPLE)_cnn.py --workdir $(RUNS)/examples/$(EXAMPLE)_cnn $(if $(RESUME),--resume) $(ARGS)
+
 demo: $(STAMP) ## HN-k against fine-tuning on Split-Digits: offline, minutes on a laptop CPU; prints a table
 	$(PY) experiments/demo.py --workdir $(RUNS)/demo
 

@@ -39,12 +39,17 @@ def base_config(stream: str) -> ml_collections.ConfigDict:
     resnet, mlp = models.ResNetConfig, models.MLPConfig
     heads, chunked = hypernetwork.Hypernetwork, hypernetwork.ChunkedHypernetwork
     c.model = ml_collections.ConfigDict(dict(
-        arch="resnet",     # resnet: the slim ResNet-18 (the paper's) | mlp: von Oswald et al.'s MLP (hn, k = 0)
+        arch="resnet",     # resnet: the slim ResNet-18 (the paper's) | mlp: von Oswald et al.'s MLP (hn, k = 0) | flax
         hidden_dims=mlp.hidden_dims,  # mlp: the hidden layers (ReLU, with biases); one head of num_classes per task
         nf=resnet.nf,      # slim ResNet-18: 20/40/80/160 channels
         num_classes=resnet.num_classes,  # outputs of each task head (the reference scripts use 10)
         norm="reference",  # 'reference' (batch stats frozen / per-sample generated) | 'batchnorm'
         blocks_per_stage=resnet.blocks_per_stage,  # BasicBlocks of the four stages: ResNet-18 (smoke: (1,1,1,1))
+        # flax: a user's flax.linen / flax.nnx Module class, 'package.module:ClassName', and its constructor's keyword
+        # arguments (phn_jax.flax_modules); its output: num_classes values (one head) or num_classes per task
+        module="", module_kwargs=ml_collections.ConfigDict(),
+        # flax: an optional second module g under it, trained on experience 1 and then frozen (freeze_depth=1)
+        frozen_module="", frozen_module_kwargs=ml_collections.ConfigDict(),
     ))
     c.hnet = ml_collections.ConfigDict(dict(
         kind="heads",             # heads: per-tensor heads (the paper's) | chunked: von Oswald et al.'s chunks
@@ -104,6 +109,9 @@ def base_config(stream: str) -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict(dict(task_inference=True))
     # a checkpoint after every experience, and between epochs every `every_minutes`
     c.checkpoint = ml_collections.ConfigDict(dict(max_to_keep=2, every_minutes=5.0))
+    # where the scalars go besides TensorBoard (always) and the CSVs: wandb, a Weights & Biases project (the
+    # optional extra: pip install phn_jax[wandb]); W&B's environment applies (WANDB_MODE=offline, WANDB_ENTITY)
+    c.log = ml_collections.ConfigDict(dict(wandb=""))
     return c
 
 
@@ -282,7 +290,8 @@ RULES = (
     ("strategy.reg_reduce", _one_of(lookahead.REG_REDUCES), "the regulariser over previous tasks: mean (reference "
      "code) or sum (the paper's Eq. 7)"),
     ("model.norm", _one_of(models.NORM_MODES), "reference: the reference code's normalisation"),
-    ("model.arch", _one_of(models.ARCHS), "resnet: the paper's slim ResNet-18; mlp: von Oswald et al.'s MLP"),
+    ("model.arch", _one_of(models.ARCHS), "resnet: the paper's slim ResNet-18; mlp: von Oswald et al.'s MLP; flax: "
+     "a user's Flax module, model.module"),
     ("model.hidden_dims", _positive_ints(None, "one or more integers ≥ 1, e.g. --config.model.hidden_dims=400,400"),
      "the MLP's hidden layers (model.arch=mlp)"),
     ("hnet.kind", _one_of(hypernetwork.HNET_KINDS), "heads: the paper's per-tensor heads; chunked: von Oswald et al."),
@@ -315,11 +324,69 @@ RULES = (
 )
 
 
+def _combination_problems(config: ml_collections.ConfigDict) -> list[str]:
+    """What is wrong with how `config`'s fields go together (`check_config`)."""
+    problems, m, s, hnet = [], config.model, config.strategy, config.hnet
+    if m.arch == "mlp":
+        if s.name not in MLP_STRATEGIES:
+            problems.append(f"model.arch='mlp' runs with strategies {', '.join(MLP_STRATEGIES)} (got {s.name!r}): "
+                            "the baselines use the multi-head ResNet; set --config.model.arch=resnet for them")
+        if s.freeze_depth != 0:
+            problems.append(f"model.arch='mlp' has no frozen part: the hypernetwork generates every layer, so "
+                            f"strategy.freeze_depth must be 0 (got {s.freeze_depth!r}); drop FREEZE= (or set "
+                            "FREEZE=0), or use --config.model.arch=resnet for a frozen trunk")
+    if m.arch == "flax":
+        if not m.module:
+            problems.append("model.arch='flax' needs model.module, the import path of a flax.linen or flax.nnx "
+                            "Module class ('package.module:ClassName'; examples/ has two)")
+        k = 1 if m.frozen_module else 0
+        if s.name == "hn" and s.freeze_depth != k or s.name == "lr" and s.freeze_depth > k:
+            problems.append(f"model.arch='flax' with strategy {s.name}: strategy.freeze_depth={s.freeze_depth} must be "
+                            + ("1 (model.frozen_module is g, frozen after experience 1)" if k else
+                               "0: there is no model.frozen_module to freeze (name one for k = 1)"))
+        if m.norm != "reference":
+            problems.append(f"model.norm={m.norm!r}: a user's module (model.arch='flax') normalises as it does, "
+                            "without running statistics; leave model.norm at 'reference'")
+    if hnet.layout == "pytorch" and (hnet.kind != "chunked" or m.arch != "mlp"):
+        problems.append(f"hnet.layout='pytorch' lays the chunks over the MLP target in its layers' order: it needs "
+                        f"hnet.kind='chunked' and model.arch='mlp' (got {hnet.kind!r}, {m.arch!r}); use "
+                        "hnet.layout='flax' otherwise")
+    if s.name in MLP_ONLY and m.arch != "mlp":
+        problems.append(f"strategy {s.name!r} (von Oswald et al.'s replay) needs model.arch='mlp' (got {m.arch!r}): use "
+                        "the split_mnist or permuted_mnist config")
+    if s.scenario == 2 and m.arch != "mlp":
+        problems.append("strategy.scenario=2 (one head for every task) is the MLP's (model.arch='mlp'): the ResNet has a "
+                        "head per task; leave SCENARIO= unset for it")
+    if s.name in MLP_ONLY and config.data.get("normalize", True):  # (the streams without the field always normalise)
+        problems.append(f"strategy {s.name!r}'s VAE models pixels in [0, 1] (a Bernoulli likelihood, as von "
+                        "Oswald et al.'s): it needs data.normalize=False (the MNIST configs' setting)")
+    if s.name == "replay" and s.scenario not in REPLAY_SCENARIOS:
+        problems.append(f"strategy 'replay' (HNET+R) trains for strategy.scenario 2 (one head) or 3 (a head per "
+                        f"task), got {s.scenario!r}: SCENARIO=2 or SCENARIO=3")
+    if config.log.wandb and importlib.util.find_spec("wandb") is None:
+        problems.append(f"log.wandb={config.log.wandb!r} logs to Weights & Biases, which is not installed: pip install "
+                        "'phn_jax[wandb]' (or make install WANDB=1)")
+    if s.frozen_init != "none":
+        if s.name not in ("hn", "lr") or not s.freeze_depth:
+            problems.append(f"strategy.frozen_init={s.frozen_init!r} needs a frozen part: strategy hn or lr with "
+                            f"freeze_depth ≥ 1 (got {s.name} at {s.freeze_depth})")
+        elif m.arch != "resnet" or m.norm != "reference":
+            problems.append(f"strategy.frozen_init={s.frozen_init!r} loads the ResNet's stem and stages: it needs "
+                            f"model.norm='reference' (the paper's) and model.arch='resnet' (got {m.norm!r}, {m.arch!r}); "
+                            "conventional BatchNorm's running statistics of the frozen part are not loaded with it")
+        elif not Path(str(s.frozen_init)).is_dir():
+            problems.append(f"strategy.frozen_init={s.frozen_init!r} must be 'none' or the directory of a finished "
+                            "phn_jax run (make pretrain writes one)")
+    return problems
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
-    """Checks every rule of RULES, that the MLP target (model.arch=mlp) runs with hn at k = 0, that
-    hnet.layout='pytorch' has a chunked hypernetwork and the MLP, and that a frozen_init names a run
-    directory for a strategy with a frozen part (hn or lr at k ≥ 1); ConfigError naming each bad
-    value, what it must be and why."""
+    """Checks every rule of RULES, then how the fields go together: the MLP target (model.arch=mlp)
+    runs with hn at k = 0; a user's module (model.arch=flax) names one, at k = 1 with a frozen
+    module and 0 without; hnet.layout='pytorch' has a chunked hypernetwork and the MLP; von Oswald et
+    al.'s replay systems have the MLP and their scenario; a frozen_init names a run directory for a
+    strategy with a frozen part (hn or lr at k ≥ 1). ConfigError naming each bad value, what it must
+    be and why."""
     problems = []
     for field, (ok, must), why in RULES:
         node = config
@@ -327,43 +394,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
         if not ok(node):
             problems.append(f"{field}={node!r} must be {must} ({why})")
-    s = config.get("strategy", {})
-    if config.get("model", {}).get("arch") == "mlp":
-        if s.get("name") not in MLP_STRATEGIES:
-            problems.append(f"model.arch='mlp' runs with strategies {', '.join(MLP_STRATEGIES)} (got {s.get('name')!r}): "
-                            "the baselines use the multi-head ResNet; set --config.model.arch=resnet for them")
-        if s.get("freeze_depth") != 0:
-            problems.append(f"model.arch='mlp' has no frozen part: the hypernetwork generates every layer, so "
-                            f"strategy.freeze_depth must be 0 (got {s.get('freeze_depth')!r}); drop FREEZE= (or set "
-                            "FREEZE=0), or use --config.model.arch=resnet for a frozen trunk")
-    hnet = config.get("hnet", {})
-    if hnet.get("layout") == "pytorch" and (hnet.get("kind") != "chunked" or config.get("model", {}).get("arch") != "mlp"):
-        problems.append(f"hnet.layout='pytorch' lays the chunks over the MLP target in its layers' order: it needs "
-                        f"hnet.kind='chunked' and model.arch='mlp' (got {hnet.get('kind')!r}, "
-                        f"{config.get('model', {}).get('arch')!r}); use hnet.layout='flax' otherwise")
-    if s.get("name") in MLP_ONLY and config.get("model", {}).get("arch") != "mlp":
-        problems.append(f"strategy {s.get('name')!r} (von Oswald et al.'s replay) needs model.arch='mlp' (got "
-                        f"{config.get('model', {}).get('arch')!r}): use the split_mnist or permuted_mnist config")
-    if s.get("scenario") == 2 and config.get("model", {}).get("arch") != "mlp":
-        problems.append("strategy.scenario=2 (one head for every task) is the MLP's (model.arch='mlp'): the ResNet has a "
-                        "head per task; leave SCENARIO= unset for it")
-    if s.get("name") in MLP_ONLY and config.get("data", {}).get("normalize", True):
-        problems.append(f"strategy {s.get('name')!r}'s VAE models pixels in [0, 1] (a Bernoulli likelihood, as von "
-                        "Oswald et al.'s): it needs data.normalize=False (the MNIST configs' setting)")
-    if s.get("name") == "replay" and s.get("scenario") not in REPLAY_SCENARIOS:
-        problems.append(f"strategy 'replay' (HNET+R) trains for strategy.scenario 2 (one head) or 3 (a head per "
-                        f"task), got {s.get('scenario')!r}: SCENARIO=2 or SCENARIO=3")
-    frozen_init = s.get("frozen_init", "none")
-    if frozen_init != "none":
-        if s.get("name") not in ("hn", "lr") or not s.get("freeze_depth"):
-            problems.append(f"strategy.frozen_init={frozen_init!r} needs a frozen part: strategy hn or lr with "
-                            f"freeze_depth ≥ 1 (got {s.get('name')} at {s.get('freeze_depth')})")
-        elif config.get("model", {}).get("norm") != "reference":
-            problems.append(f"strategy.frozen_init={frozen_init!r} needs model.norm='reference' (the paper's): "
-                            "conventional BatchNorm's running statistics of the frozen part are not loaded with it")
-        elif not Path(str(frozen_init)).is_dir():
-            problems.append(f"strategy.frozen_init={frozen_init!r} must be 'none' or the directory of a finished "
-                            "phn_jax run (make pretrain writes one)")
+    if not problems:  # (the fields below exist and have their types)
+        problems = _combination_problems(config)
     if problems:
         raise ConfigError("bad config: " + "; ".join(problems) + ". Change it in the config file or with "
                           "--config.<field>=<value> on the command line.")

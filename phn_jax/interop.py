@@ -91,9 +91,10 @@ def _swap_columns(a: np.ndarray, rows: int, cols: int) -> np.ndarray:
 
 
 def _check(model: PartialHypernetwork) -> Hypernetwork:
-    if model.is_mlp:
+    if model.is_mlp or model.is_flax:
         raise ValueError("the reference implementation's target is the slim ResNet-18: an MLP-target model "
-                         "(model.arch='mlp') has no counterpart there to convert to")
+                         "(model.arch='mlp') or a user's module (model.arch='flax') has no counterpart there to "
+                         "convert to")
     if not isinstance(model.hnet, Hypernetwork):
         raise ValueError("the reference implementation has per-tensor heads only: convert a model with "
                          "hnet.kind='heads'")

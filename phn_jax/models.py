@@ -41,7 +41,7 @@ from phn_jax.runtime import compiled_init, float_dtype, random_floats
 
 STAGES = ("stage1", "stage2", "stage3", "stage4")
 NORM_MODES = ("reference", "batchnorm")
-ARCHS = ("resnet", "mlp")  # config.model.arch
+ARCHS = ("resnet", "mlp", "flax")  # config.model.arch (flax: a user's module, phn_jax.flax_modules)
 
 @dataclasses.dataclass(frozen=True)
 class ResNetConfig:

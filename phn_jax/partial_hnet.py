@@ -7,6 +7,8 @@ of the conventional-BatchNorm option (frozen part: one set; generated part: one 
 
 The target may instead be von Oswald et al.'s fully connected network (`models.MLPConfig`): then
 k = 0, g is the identity (φ = {}), and H_ψ(t) generates every layer; h_ω(z) is the MLP's head t.
+Or a user's Flax modules (`flax_modules.FlaxNetwork`, model.arch='flax'): H_ψ(t) generates the module
+h; g is a second module (k = 1) or the identity (k = 0); no running statistics.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from phn_jax import models
+from phn_jax.flax_modules import FlaxNetwork
 from phn_jax.runtime import compiled_init
 from phn_jax.hypernetwork import ChunkedHypernetwork, Hypernetwork, build_hypernetwork
 
@@ -26,18 +29,28 @@ class PartialHypernetwork:
     """Static description of HN-k: the target network (a ResNet, or an MLP at k = 0), the freeze
     depth k, the norm mode (the ResNet's; the MLP has no norm layers) and H_ψ."""
 
-    net: models.ResNetConfig | models.MLPConfig
+    net: models.ResNetConfig | models.MLPConfig | FlaxNetwork
     freeze_depth: int
     hnet: Hypernetwork | ChunkedHypernetwork
     norm: str = "reference"
 
     @classmethod
-    def create(cls, net: models.ResNetConfig | models.MLPConfig, freeze_depth: int, num_tasks: int,
+    def create(cls, net: models.ResNetConfig | models.MLPConfig | FlaxNetwork, freeze_depth: int, num_tasks: int,
                norm: str = "reference", kind: str = "heads", **hnet_kwargs) -> "PartialHypernetwork":
         """Builds H_ψ of `kind` ('heads' | 'chunked', see `build_hypernetwork`) for the stateless
-        part's parameter shapes at depth k (from eval_shape: no FLOPs). An MLP target needs k = 0."""
-        k = models.check_freeze_depth(freeze_depth)
+        part's parameter shapes at depth k (from eval_shape: no FLOPs). An MLP target needs k = 0; a
+        user's modules k = 1 (with a frozen module) or 0."""
         models.check_norm(norm)
+        if isinstance(net, FlaxNetwork):
+            if norm != "reference":
+                raise ValueError(f"model.norm={norm!r}: a user's module (model.arch='flax') normalises as it does, "
+                                 "without running statistics; leave model.norm at 'reference'")
+            k = net.check_freeze_depth(freeze_depth)
+            if k != net.has_frozen_part:
+                raise ValueError(f"freeze depth k={k}: HN with a user's modules freezes g_φ, model.frozen_module, "
+                                 "after experience 1, so k must be 1 with one and 0 without")
+            return cls(net, k, build_hypernetwork(kind, net.generated_shapes(), num_tasks, (), **hnet_kwargs), norm)
+        k = models.check_freeze_depth(freeze_depth)
         mlp = isinstance(net, models.MLPConfig)
         if mlp and k != 0:
             raise ValueError(f"the MLP target has no frozen part: freeze depth k={k} must be 0 (the hypernetwork "
@@ -55,17 +68,24 @@ class PartialHypernetwork:
     def is_mlp(self) -> bool:
         return isinstance(self.net, models.MLPConfig)
 
+    @property
+    def is_flax(self) -> bool:
+        """A user's modules (`FlaxNetwork`)."""
+        return isinstance(self.net, FlaxNetwork)
+
     @compiled_init("self")
     def init(self, key: jax.Array) -> tuple[dict, dict]:
         """(φ, ψ): the frozen part's initial weights ({} for the MLP) and the hypernetwork's."""
         k_model, k_hnet = jax.random.split(key)
+        if self.is_flax:
+            return self.net.init_frozen(k_model), self.hnet.init(k_hnet)
         phi = {} if self.is_mlp else models.split_params(self._init_net(k_model, self.net), self.freeze_depth)[0]
         return phi, self.hnet.init(k_hnet)
 
     def init_stats(self, phi) -> dict[str, Any] | None:
         """Running statistics for norm='batchnorm': {'frozen': φ's, 'stateless': [num_tasks, ...]}
         (None for the MLP, which has no norm layers)."""
-        if self.norm != "batchnorm" or self.is_mlp:
+        if self.norm != "batchnorm" or self.is_mlp or self.is_flax:
             return None
         omega = jax.eval_shape(self.hnet.apply, self.hnet.init(jax.random.key(0)), 0)
         per_task = models.init_batch_stats(jax.tree_util.tree_map(jnp.zeros_like, omega))
@@ -84,6 +104,8 @@ class PartialHypernetwork:
             return x, None
         if freeze:
             phi, train = jax.lax.stop_gradient(phi), False
+        if self.is_flax:
+            return self.net.features(phi, x), None
         z, new = models.frozen_apply(phi, x, self.freeze_depth, self.net, norm=self.norm, train=train,
                                      stats=stats and stats["frozen"], mask=mask)
         return z, new
@@ -93,6 +115,8 @@ class PartialHypernetwork:
         head `task_id` (`models.mlp_apply`)."""
         if self.is_mlp:
             return models.mlp_apply(omega, z, self.net, task_id), None
+        if self.is_flax:
+            return self.net.apply_generated(omega, z, task_id), None
         s_t = stats and jax.tree_util.tree_map(lambda s: s[task_id], stats["stateless"])
         logits, new_t = models.stateless_apply(omega, z, self.freeze_depth, self.net, norm=self.norm,
                                                train=train, stats=s_t, mask=mask)

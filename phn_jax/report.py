@@ -445,34 +445,83 @@ def write_aggregate(workdir: str | os.PathLike, aggregate: Mapping[str, Any]) ->
             _write_text(workdir / AGGREGATE_MD, aggregate_markdown(aggregate))]
 
 
-class Events:
-    """TensorBoard event files in each seed's results directory (process 0; tensorboardX, no
-    TensorFlow; `tensorboard --logdir runs/`). Step = epochs completed over the run (the checkpoint
-    step). Per epoch: train/loss, train/ce, train/reg, train/cos_g1_g2, train/accuracy; per
-    experience: test/accuracy/experience_<j> for every experience seen and test/aca. A resumed run
-    purges the events after its checkpoint's step (`purge_step`), which it writes again."""
+class WandbWriter:
+    """One Weights & Biases run (a seed's results directory), written like tensorboardX's writer:
+    `add_scalar(tag, value, step)`; the scalars of one step go to W&B together (`wandb.Run.log`).
+    The optional extra (`pip install phn_jax[wandb]`); its files in `directory`/wandb. W&B's own
+    environment applies: WANDB_MODE=offline writes the run there for `wandb sync` later. The run's id
+    is the results directory's, so a resumed run continues the same W&B run."""
 
-    TRAIN = ("loss", "ce", "reg", "cos_g1_g2", "train_accuracy")
+    def __init__(self, project: str, directory: Path, group: str, config: dict):
+        import hashlib
 
-    def __init__(self, results: tuple[Path, ...], purge_step: int | None, enabled: bool):
-        self.writers = [event_writer(d, purge_step) for d in results] if enabled else []
+        import wandb  # imported here: the optional extra
 
-    def epoch(self, rows: list[dict], step: int) -> None:
-        for w, row in zip(self.writers, rows):
-            for k in self.TRAIN:
-                w.add_scalar("train/" + k.removeprefix("train_"), row[k], step)
+        run_id = hashlib.sha256(str(Path(directory).resolve()).encode()).hexdigest()[:16]
+        self.run = wandb.init(project=project, dir=str(directory), name=Path(directory).name, group=group,
+                              config=config, id=run_id, resume="allow", reinit="create_new")
+        self.step, self.pending = None, {}
 
-    def experience(self, progress: list, summaries: list[dict], step: int) -> None:
-        for w, p, summary in zip(self.writers, progress, summaries):
-            t = p.experience - 1
-            for j in range(t + 1):
-                w.add_scalar(f"test/accuracy/experience_{j}", p.R[t, j], step)
-            w.add_scalar("test/aca", summary["aca"], step)
+    def add_scalar(self, tag: str, value, step: int) -> None:
+        if self.pending and step != self.step:
+            self.flush()
+        self.step = step
+        self.pending[tag] = float(value)
 
     def flush(self) -> None:
-        for w in self.writers:
-            w.flush()
+        if self.pending:
+            self.run.log(self.pending, step=self.step)
+            self.pending = {}
 
     def close(self) -> None:
-        for w in self.writers:
-            w.close()
+        self.flush()
+        self.run.finish()
+
+
+class Events:
+    """The run's scalars, per seed (process 0): TensorBoard event files in each seed's results
+    directory (tensorboardX, no TensorFlow; `tensorboard --logdir runs/`), and with `wandb` (a
+    project name, `config.log.wandb`) a Weights & Biases run beside each (`WandbWriter`). Step =
+    epochs completed over the run (the checkpoint step). Per epoch: train/<column> for every value of
+    its train_history.csv row (train/loss, train/ce, train/reg, train/cos_g1_g2, train/accuracy,
+    train/time_s, ...); per experience: test/accuracy/experience_<j> for every experience seen and
+    test/aca. A resumed run purges the TensorBoard events after its checkpoint's step
+    (`purge_step`), which it writes again."""
+
+    NOT_SCALARS = ("experience", "epoch")  # a history row's position, not a value
+
+    def __init__(self, results: tuple[Path, ...], purge_step: int | None, enabled: bool, wandb: str = "",
+                 group: str = "", config: dict | None = None):
+        """results: each seed's results directory; wandb, group, config: the W&B project (none: ''), the
+        run group (the run directory's name: a multi-seed run's seeds together) and the run's config."""
+        self.writers = [[event_writer(d, purge_step)] for d in results] if enabled else []
+        if enabled and wandb:
+            for w, d in zip(self.writers, results):
+                w.append(WandbWriter(wandb, d, group, config))
+
+    def _add(self, writers: list, tag: str, value, step: int) -> None:
+        for w in writers:
+            w.add_scalar(tag, value, step)
+
+    def epoch(self, rows: list[dict], step: int) -> None:
+        for writers, row in zip(self.writers, rows):
+            for k, value in row.items():
+                if k not in self.NOT_SCALARS:
+                    self._add(writers, "train/" + k.removeprefix("train_"), value, step)
+
+    def experience(self, progress: list, summaries: list[dict], step: int) -> None:
+        for writers, p, summary in zip(self.writers, progress, summaries):
+            t = p.experience - 1
+            for j in range(t + 1):
+                self._add(writers, f"test/accuracy/experience_{j}", p.R[t, j], step)
+            self._add(writers, "test/aca", summary["aca"], step)
+
+    def flush(self) -> None:
+        for writers in self.writers:
+            for w in writers:
+                w.flush()
+
+    def close(self) -> None:
+        for writers in self.writers:
+            for w in writers:
+                w.close()

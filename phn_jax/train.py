@@ -67,7 +67,8 @@ from phn_jax.run_setup import Setup, memory_of, setup, test_sets, train_arrays, 
 
 # Config fields that may change between an interrupted run and its resumption.
 # (the device count too: a run may move to another machine, with float-level differences, docs/design.md §6)
-RESUMABLE_FIELDS = ("train.progress", "train.num_devices", "train.seed_axis", "checkpoint.max_to_keep", "checkpoint.every_minutes")
+RESUMABLE_FIELDS = ("train.progress", "train.num_devices", "train.seed_axis", "checkpoint.max_to_keep", "checkpoint.every_minutes",
+                    "log.wandb")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -126,7 +127,8 @@ def train_and_evaluate(config, workdir: str | Path, *, resume: bool = False):
             elif resume:
                 log.info("no checkpoint in %s: starting from the first experience", dirs.workdir)
             # events up to the checkpoint's step are on disk (flushed with it); later ones are written again
-            events = report.Events(dirs.results, progress[0].step(s.epochs) + 1 if restored is not None else None, enabled=main)
+            events = report.Events(dirs.results, progress[0].step(s.epochs) + 1 if restored is not None else None,
+                                   enabled=main, wandb=config.log.wandb, group=dirs.workdir.name, config=config_json)
             memory = memory_of(s, state)
             with contextlib.closing(events):
                 if main:

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from phn_jax import checkpoint, train
@@ -33,6 +34,12 @@ def tiny_config(**overrides):
             node = node[p]
         node[leaf] = value
     return c
+
+
+def final_state(workdir):
+    """The state of a run's newest checkpoint, as saved (no template)."""
+    mngr = checkpoint.manager(workdir)
+    return mngr.restore(mngr.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
 
 
 def killed_after_checkpoint(monkeypatch, step, config, workdir):

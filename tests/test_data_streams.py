@@ -316,3 +316,51 @@ def test_mnist_streams_as_von_oswald_et_al_feed_their_mlp():
     np.testing.assert_array_equal(permuted.experiences[0].train_images, images)
     flat = permuted.experiences[1].train_images.reshape(len(images), -1)
     np.testing.assert_array_equal(np.sort(flat, axis=1), np.sort(images.reshape(len(images), -1), axis=1))
+
+
+@pytest.mark.parametrize("dataset,fields,image_shape", [
+    ("kmnist", {}, (28, 28, 1)),                                     # grey-scale, not among phn_jax's datasets
+    ("stl10", {"image_size": 24, "classes_per_experience": 3}, (24, 24, 3)),  # colour, 96×96 resized
+    ("kmnist", {"channels": 3, "classes_per_experience": 3, "class_order": [9, 8, 7, 6, 5, 4]}, (28, 28, 3)),
+])
+def test_class_split_of_any_tfds_dataset_by_name(dataset, fields, image_shape):
+    stream = _build("class_split", dataset=dataset, seed=3, **fields)
+    c = fields.get("classes_per_experience", 2)
+    order = fields.get("class_order") or streams.seeded_class_order(10, 3)
+    assert list(stream.class_order) == order[:len(order) // c * c]
+    _check_class_split(stream, len(order) // c, c, 10, image_shape)
+    # every example in the experience of its class, relabelled to its index there; the statistics are the images'
+    images, labels = _mock_split(dataset, "train", fields.get("image_size") and (fields["image_size"],) * 2)
+    original = _original_labels(images, labels)
+    for e in stream.experiences:
+        assert [e.classes[y] for y in e.train_labels] == [original[im.tobytes()] for im in e.train_images]
+        assert e.train_images.shape[-1] == images.shape[-1]  # stored as read; channels made on the device
+        assert e.preprocess.channels == image_shape[-1]
+    scaled = images / 255.0
+    assert stream.experiences[0].preprocess.mean == pytest.approx([scaled[..., i].mean() for i in range(images.shape[-1])]
+                                                                  * (image_shape[-1] // images.shape[-1]))
+
+
+def test_class_split_errors_say_what_to_do(tmp_path):
+    with pytest.raises(ValueError, match="needs data.dataset"):
+        build_stream(default_data_config("class_split"))
+    with pytest.raises(ValueError, match="nor in the tfds catalogue"):
+        _build("class_split", dataset="no_such_dataset")
+    with pytest.raises(ValueError, match="not image classification"):
+        _build("class_split", dataset="imdb_reviews")
+    with pytest.raises(ValueError, match="repeat a grey one to 3"):
+        _build("class_split", dataset="stl10", channels=1, image_size=24)
+    ragged = [{"image": np.zeros((s, s, 3), np.uint8), "label": 0} for s in (20, 24)]  # (beans, cars196, ...)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(tfds_io, "open_split", lambda *a: ragged)
+        with pytest.raises(ValueError, match=r"different shapes .*--config.data.image_size="):
+            tfds_io.read_split("stl10", "train", None)
+        assert tfds_io.read_split("stl10", "train", None, (16, 16))[0].shape == (2, 16, 16, 3)
+    with pytest.raises(DatasetNotFoundError, match=f"make data DATASET=kmnist DATA_DIR={tmp_path}"):
+        build_stream(_class_split_config(dataset="kmnist", data_dir=str(tmp_path)))
+
+
+def _class_split_config(**fields):
+    config = default_data_config("class_split")
+    config.update(fields)
+    return config

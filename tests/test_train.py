@@ -17,19 +17,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from runs import killed_after_checkpoint, tiny_config
+from runs import final_state, killed_after_checkpoint, tiny_config
 
 from phn_jax import checkpoint, data, main, models, programs, report, run_setup, rundir, runtime, train
 from phn_jax.config import ConfigError, base_config, check_config
 from phn_jax.partial_hnet import PartialHypernetwork
 from phn_jax.strategies import create_strategy
 from phn_jax.strategies.hn import HN
-
-
-def _final_state(workdir):
-    mngr = checkpoint.manager(workdir)
-    step = mngr.latest_step()
-    return mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +86,7 @@ def test_evaluation_without_task_ids_and_memory_comparison(hn_run):
     config = tiny_config()
     stream = data.build_stream(config.data)
     strategy = create_strategy(config, stream)
-    state = _final_state(workdir)
+    state = final_state(workdir)
     ctx = strategy.eval_context(state)
     for j, exp in enumerate(stream.experiences):
         x = data.preprocess(exp.preprocess, jax.random.key(0), exp.test_images, train=False)
@@ -165,7 +159,7 @@ def test_resume_equals_uninterrupted(hn_run, tmp_path, monkeypatch):
                                   np.array(summary["accuracy_matrix"], float))
     for m in ("class_incremental_matrix", "task_inference_matrix"):  # restored from the checkpoint too
         assert resumed[m] == summary[m]
-    chex.assert_trees_all_equal(_final_state(tmp_path), _final_state(workdir))
+    chex.assert_trees_all_equal(final_state(tmp_path), final_state(workdir))
     assert "resumed from the checkpoint after experience 2/3" in (tmp_path / "log.txt").read_text()
     # the TensorBoard events too: the second file purges what followed the checkpoint, then writes it again
     assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 2
@@ -270,7 +264,7 @@ def _resume_damaged(hn_run, run, damage) -> tuple[int, str]:
     damage(run, bad)
     resumed = train.train_and_evaluate(tiny_config(), run, resume=True)
     assert resumed["accuracy_matrix"] == summary["accuracy_matrix"]
-    chex.assert_trees_all_equal(_final_state(run), _final_state(workdir))
+    chex.assert_trees_all_equal(final_state(run), final_state(workdir))
     moved = list((run / checkpoint.DAMAGED_DIR).iterdir())
     assert len(moved) == 1 and moved[0].name.startswith(f"{bad}-")
     log = (run / "log.txt").read_text()

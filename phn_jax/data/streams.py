@@ -23,6 +23,9 @@ Streams (docs/design.md §4):
   noisy_digits        4 × 2 of those digits with noisy_cifar100's transforms (`make paper QUICK=1`'s
   clean_digits        twins of the noisy and clean CIFAR-100 streams); no download.
   synthetic           prototypes + noise, for unit tests (`phn_jax.data.synthetic`).
+  class_split         any image-classification dataset of the tfds catalogue (`dataset`), split into
+                      experiences of `classes_per_experience` classes; its image shape, channels and
+                      classes from its tfds info; normalised with its training images' statistics.
 Every class order is `random.Random(seed).shuffle(list(range(num_classes)))` unless the config
 gives `class_order` explicitly; experience t holds classes class_order[t·C:(t+1)·C].
 """
@@ -193,6 +196,9 @@ def seeded_class_order(num_classes: int, seed: int) -> list[int]:
 
 def _class_order(config: ml_collections.ConfigDict, num_classes: int) -> list[int]:
     """The config's explicit `class_order`, checked, or the seeded permutation."""
+    if config.classes_per_experience < 1 or config.num_experiences < 1:
+        raise ValueError(f"a class split needs num_experiences ≥ 1 and classes_per_experience ≥ 1, got "
+                         f"{config.num_experiences} and {config.classes_per_experience}")
     needed = config.num_experiences * config.classes_per_experience
     if needed > num_classes:
         raise ValueError(
@@ -475,6 +481,52 @@ def _split_digits(config) -> Stream:
                                lambda t: Preprocess(augment="none", noise=noise[t], mean=mean, std=std, channels=3))
 
 
+def _channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 images [N, H, W, C] scaled to [0, 1]."""
+    scaled = images.reshape(-1, images.shape[-1]) / 255.0
+    return tuple(map(float, scaled.mean(0))), tuple(map(float, scaled.std(0)))
+
+
+def _any_class_split(config) -> Stream:
+    """class_split: tfds dataset `config.dataset` split by class. Its classes and image shape come from
+    its tfds info (`tfds_io.catalogue_spec`); `image_size` (0: the stored size, which must then be
+    the same for every image) resizes; `channels` (0: the dataset's) repeats a grey channel to 3;
+    normalisation with the dataset's statistics where phn_jax knows them, else the training images'."""
+    spec = tfds_io.dataset_spec(config.dataset)
+    config = _with_experiences(config, spec.num_classes)
+    size = (int(config.image_size),) * 2 if config.image_size else None
+    stored = spec.image_shape[-1] if spec.image_shape else None
+    if config.channels not in (0, stored) and not (stored == 1 and config.channels == 3):
+        raise ValueError(f"channels={config.channels} for {config.dataset} ({stored} channel(s)): a stream can keep the "
+                         "dataset's channels (0) or repeat a grey one to 3")
+    data = {}
+
+    def load():
+        data["train"], data["test"] = (tfds_io.read_split(config.dataset, split, config.data_dir, size)
+                                       for split in (config.train_split, config.test_split))
+        return data["train"], data["test"]
+
+    def preprocess_of(t):
+        channels = config.channels or data["train"][0].shape[-1]
+        mean, std = (spec.mean, spec.std) if spec.mean else _channel_stats(data["train"][0])
+        if len(mean) != channels:
+            mean, std = mean * channels, std * channels
+        return Preprocess(augment="none", mean=mean, std=std, channels=channels)
+
+    return _class_split_stream(config, config.dataset, spec.num_classes, load, preprocess_of)
+
+
+def _with_experiences(config, num_classes: int):
+    """`config` with num_experiences, where it is 0, as many as the classes fill: ⌊K / C⌋ for the K
+    classes of `class_order` (when given) or of the dataset, C = classes_per_experience."""
+    if config.num_experiences:
+        return config
+    config = ml_collections.ConfigDict(config.to_dict())
+    classes = num_classes if config.class_order is None else len(config.class_order)
+    config.num_experiences = classes // max(int(config.classes_per_experience), 1)
+    return config
+
+
 def _synthetic(config) -> Stream:
     generated = synthetic.synthetic_experiences(
         num_experiences=config.num_experiences,
@@ -560,6 +612,11 @@ KINDS: dict[str, StreamKind] = {
         augment="none",  # or "crop_flip": Split-CIFAR100's training augmentation (the bench's CIFAR shapes)
         normalize=True,  # (x − 0.5) / 0.25, or False: pixels in [0, 1]
     ), _synthetic),
+    # dataset: a tfds name; num_experiences 0: as many as the classes (of class_order, if given) fill; image_size 0:
+    # as stored; channels 0: the dataset's (the command line can set a field that is not None)
+    "class_split": StreamKind("class split of a tfds dataset", _class_split(
+        0, 2, dataset="", image_size=0, channels=0, train_split="train", test_split="test"),
+        _any_class_split),
 }
 STREAMS = tuple(KINDS)
 
@@ -584,11 +641,17 @@ def check_datasets(config: ml_collections.ConfigDict) -> None:
     """Raises `tfds_io.DatasetNotFoundError` (naming each missing dataset and the command that
     prepares it) unless every tfds dataset that stream `config` reads is in `config.data_dir`."""
     config = _full_config(config if isinstance(config, ml_collections.ConfigDict) else ml_collections.ConfigDict(dict(config)))
-    tfds_io.require(_datasets_of(config), config.data_dir)
+    splits = (config.train_split, config.test_split) if config.name == "class_split" else None
+    tfds_io.require(_datasets_of(config), config.data_dir, splits)
 
 
 def _datasets_of(config) -> tuple[str, ...]:
     """The tfds datasets stream `config.name` reads (checked before any is read)."""
     if config.name == "transfer":
         return tuple(d for d in dict.fromkeys(_transfer_pair(config)) if d not in EMBEDDED_TRANSFER_DATASETS)
+    if config.name == "class_split":
+        if not config.dataset:
+            raise ValueError("stream class_split needs data.dataset, the name of a tfds image-classification dataset "
+                             "(e.g. --config.data.dataset=kmnist)")
+        return (config.dataset,)
     return KINDS[config.name].datasets

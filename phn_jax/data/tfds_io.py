@@ -1,9 +1,11 @@
 """Reading image-classification datasets through `tfds.data_source` (array_record, no TensorFlow).
 
-`DATASETS` is the one table of every tfds dataset a stream reads: its splits, class count,
+`DATASETS` is the one table of every tfds dataset the paper's streams read: its splits, class count,
 normalisation statistics and whether it is in the tfds catalogue (prepared by our builders of
 `phn_jax.data.catalogue`, which download the official files) or only ours (`tiny_imagenet`, `gtsrb`,
-prepared from archives copied by hand into a manual directory).
+prepared from archives copied by hand into a manual directory). Any other image-classification
+dataset of the tfds catalogue gets its spec from its tfds info (`catalogue_spec`: the class_split
+stream), without normalisation statistics (the stream computes them from its training images).
 
 Reading never imports TensorFlow: `tfds.data_source` reads array_record shards and decodes the
 images with PIL. A dataset that is not prepared in `data_dir` raises `DatasetNotFoundError`,
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import tempfile
@@ -39,19 +42,25 @@ class DatasetSpec:
       name: the tfds name.
       train_split, test_split: the tfds splits used as an experience's train and test sets.
       num_classes: the number of classes (labels 0..num_classes−1).
-      mean, std: per-channel normalisation statistics of images scaled to [0, 1].
+      mean, std: per-channel normalisation statistics of images scaled to [0, 1] (None: not known;
+        computed from the training images where used).
       ours: True for the datasets our own builders prepare from a manual directory.
       archives: the files `make data` expects in the manual directory for our builders.
+      image_key, label_key: the features holding the image and its class (tfds' supervised keys).
+      image_shape: (H, W, C) as tfds states it (None for a side whose size varies).
     """
 
     name: str
     train_split: str
     test_split: str
     num_classes: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
+    mean: tuple[float, ...] | None
+    std: tuple[float, ...] | None
     ours: bool = False
     archives: tuple[str, ...] = ()
+    image_key: str = "image"
+    label_key: str = "label"
+    image_shape: tuple[int | None, ...] | None = None
 
 
 CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
@@ -92,10 +101,34 @@ DATASETS: dict[str, DatasetSpec] = {
 
 
 def dataset_spec(name: str) -> DatasetSpec:
-    """The `DatasetSpec` of a dataset name; ValueError listing the known names otherwise."""
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(sorted(DATASETS))}")
-    return DATASETS[name]
+    """The `DatasetSpec` of a dataset name: ours (`DATASETS`), or any image-classification dataset of
+    the tfds catalogue (`catalogue_spec`); ValueError naming what is wrong otherwise."""
+    if name in DATASETS:
+        return DATASETS[name]
+    return catalogue_spec(name)
+
+
+@functools.lru_cache(maxsize=None)
+def catalogue_spec(name: str) -> DatasetSpec:
+    """The spec of tfds dataset `name` ('kmnist', 'eurosat/rgb', ...: a config after '/') read from its
+    tfds info: its supervised keys, a tfds Image and a ClassLabel feature; its image shape and
+    number of classes; splits 'train' and 'test'. ValueError for a name tfds does not know or a
+    dataset that is not image classification."""
+    try:
+        with contained_tempdirs():
+            info = tfds.builder(name, data_dir=os.path.join(tempfile.gettempdir(), "info-only")).info
+    except (tfds.core.registered.DatasetNotFoundError, ValueError) as error:
+        raise ValueError(f"unknown dataset {name!r}: neither one of phn_jax's ({', '.join(sorted(DATASETS))}) nor in "
+                         f"the tfds catalogue ({str(error).splitlines()[0][:200]})") from None
+    keys, features = info.supervised_keys, info.features
+    if not (isinstance(keys, tuple) and len(keys) == 2 and all(isinstance(k, str) and k in features for k in keys)
+            and isinstance(features[keys[0]], tfds.features.Image)
+            and isinstance(features[keys[1]], tfds.features.ClassLabel)):
+        raise ValueError(f"tfds dataset {name!r} is not image classification as a stream needs it: its supervised keys "
+                         f"{keys!r} must name an Image feature and a ClassLabel feature")
+    image, label = info.features[keys[0]], info.features[keys[1]]
+    return DatasetSpec(name, "train", "test", int(label.num_classes), None, None, image_key=keys[0],
+                       label_key=keys[1], image_shape=tuple(image.shape))
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> str:
@@ -110,8 +143,9 @@ def prepare_command(name: str, data_dir: str) -> str:
     command = f"make data DATASET={name}"
     if data_dir != tfds.core.constants.get_default_data_dir():
         command += f" DATA_DIR={data_dir}"
-    if DATASETS[name].ours:
-        command += " MANUAL_DIR=<directory holding " + " and ".join(DATASETS[name].archives) + ">"
+    spec = dataset_spec(name)
+    if spec.ours:
+        command += " MANUAL_DIR=<directory holding " + " and ".join(spec.archives) + ">"
     return command
 
 
@@ -173,8 +207,9 @@ def open_split(name: str, split: str, data_dir: str | os.PathLike | None):
         raise _not_found(name, directory) from None
 
 
-def require(names, data_dir: str | os.PathLike | None) -> None:
-    """Checks that every dataset of `names` is prepared, before anything is read.
+def require(names, data_dir: str | os.PathLike | None, splits: tuple[str, str] | None = None) -> None:
+    """Checks that every dataset of `names` is prepared, before anything is read: its train and
+    test splits (`splits`, or the spec's).
 
     Raises:
       DatasetNotFoundError: naming every missing dataset, each with its preparation command.
@@ -183,7 +218,7 @@ def require(names, data_dir: str | os.PathLike | None) -> None:
     for name in names:
         spec = dataset_spec(name)
         try:
-            for split in (spec.train_split, spec.test_split):
+            for split in splits or (spec.train_split, spec.test_split):
                 open_split(name, split, data_dir)
         except DatasetNotFoundError as error:
             missing.append(str(error))
@@ -209,11 +244,16 @@ def read_split(
     Returns:
       images uint8 [N, h, w, C] and labels int32 [N] (the dataset's class ids), in storage order.
     """
+    spec = dataset_spec(name)
     source = open_split(name, split, data_dir)
     examples = [source[i] for i in range(len(source))]
-    images = [np.asarray(ex["image"], dtype=np.uint8) for ex in examples]
-    labels = np.asarray([ex["label"] for ex in examples], dtype=np.int32)
+    images = [np.asarray(ex[spec.image_key], dtype=np.uint8) for ex in examples]
+    labels = np.asarray([ex[spec.label_key] for ex in examples], dtype=np.int32)
     if size is None:
+        sizes = {im.shape for im in images}
+        if len(sizes) > 1:
+            raise ValueError(f"the images of {name} ({split}) have different shapes ({len(sizes)} of them, e.g. "
+                             f"{sorted(sizes)[:3]}): give the stream an image size (--config.data.image_size=32)")
         return np.stack(images), labels
     return arrays.stack_resized(images, size), labels
 

@@ -132,7 +132,7 @@ class LatentReplay(Naive):
 
     @compiled_init("self")
     def init(self, key):
-        m, c = self.buffer_size, self.model.resnet.num_classes
+        m, c = self.buffer_size, self.model.num_classes
         buffer = {"z": jnp.zeros((m, *self.feature_shape), float_dtype()), "y": jnp.zeros((m,), jnp.int32),
                   "task": jnp.zeros((m,), jnp.int32), "valid": jnp.zeros((m,), bool),
                   "seen": jnp.zeros((self.num_tasks, c), bool)}
@@ -167,7 +167,7 @@ class LatentReplay(Naive):
         """The class-balanced update with this experience's samples, then their features g_φ(x)
         (eval mode, test-time preprocessing) for the new entries only."""
         b, m = state["buffer"], self.buffer_size
-        c = self.model.resnet.num_classes
+        c = self.model.num_classes
         k_select, k_pre = jax.random.split(key)
         new_valid = jnp.arange(images.shape[0]) < num_valid
         keep_old, keep_new, seen = class_balanced_selection(

@@ -44,6 +44,11 @@ class MultiHeadResNet:
             raise ValueError(f"a multi-head model needs at least one task head, got num_tasks={self.num_tasks}")
 
     @property
+    def num_classes(self) -> int:
+        """C, the outputs of one task head."""
+        return self.resnet.num_classes
+
+    @property
     def mode(self) -> str:
         """`kernels.normalize` mode of every norm layer: 'batch' (reference) or 'running'."""
         return "running" if self.norm == "batchnorm" else "batch"
