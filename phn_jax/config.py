@@ -37,7 +37,7 @@ def base_config(stream: str) -> ml_collections.ConfigDict:
     c.data.seed = c.get_ref("seed")
     # The networks' defaults are their dataclasses' (stated once, there: the paper's sizes).
     resnet, mlp = models.ResNetConfig, models.MLPConfig
-    heads, chunked = hypernetwork.Hypernetwork, hypernetwork.ChunkedHypernetwork
+    trunk, heads, chunked = hypernetwork.Trunk, hypernetwork.Hypernetwork, hypernetwork.ChunkedHypernetwork
     c.model = ml_collections.ConfigDict(dict(
         arch="resnet",     # resnet: the slim ResNet-18 (the paper's) | mlp: von Oswald et al.'s MLP (hn, k = 0) | flax
         hidden_dims=mlp.hidden_dims,  # mlp: the hidden layers (ReLU, with biases); one head of num_classes per task
@@ -53,14 +53,14 @@ def base_config(stream: str) -> ml_collections.ConfigDict:
     ))
     c.hnet = ml_collections.ConfigDict(dict(
         kind="heads",             # heads: per-tensor heads (the paper's) | chunked: von Oswald et al.'s chunks
-        embedding_dim=heads.embedding_dim,            # task embedding e_t (32)
-        hidden_dims=heads.hidden_dims,                # the MLP trunk (50, 32)
-        activation=heads.activation,                  # relu (reference code) | elu
+        embedding_dim=trunk.embedding_dim,            # task embedding e_t (32)
+        hidden_dims=trunk.hidden_dims,                # the MLP trunk (50, 32)
+        activation=trunk.activation,                  # relu (reference code) | elu
         head_embedding_dim=heads.head_embedding_dim,  # heads: width d of the conv heads' lookup tables (32)
         chunk_dim=chunked.chunk_dim,                  # chunked: values emitted per chunk
         chunk_embedding_dim=chunked.chunk_embedding_dim,  # chunked: width of the chunk embeddings c_i
         vectors_as_tables=True,   # chunked: norm γ/β and biases as per-task tables (False: generated too)
-        dense_init=heads.dense_init,  # dense layers: pytorch (U(±1/√fan_in), the paper's code) | xavier (hypercl's)
+        dense_init=trunk.dense_init,  # dense layers: pytorch (U(±1/√fan_in), the paper's code) | xavier (hypercl's)
         layout=chunked.layout,    # chunked: the chunks over the target: flax (sorted paths) | pytorch (hypercl's)
     ))
     c.strategy = ml_collections.ConfigDict(dict(

@@ -174,23 +174,31 @@ def _mlp_num_params(dims: tuple[int, ...]) -> int:
 
 
 @dataclasses.dataclass(frozen=True)
-class Hypernetwork:
-    """H_ψ with per-tensor heads. A static, hashable description; `init` and `apply` are pure.
+class Trunk:
+    """What both kinds of hypernetwork share, stated once: the task embeddings E [num_tasks,
+    embedding_dim] and the MLP over them (hidden_dims, activation), its dense layers initialised as
+    `dense_init` says (DENSE_INITS). The defaults are the paper's: 32, (50, 32), ReLU, PyTorch's init."""
 
-    Params ψ: {'embeddings': [num_tasks, embedding_dim], 'mlp': [dense]*, 'heads': {path: ...}}.
-    """
-
-    heads: tuple[HeadSpec, ...]
     num_tasks: int
     embedding_dim: int = 32
     hidden_dims: tuple[int, ...] = (50, 32)
-    head_embedding_dim: int = 32  # d, the width of the conv heads' lookup tables
     activation: str = "relu"
     dense_init: str = "pytorch"  # DENSE_INITS
 
     def __post_init__(self):
         _check_activation(self.activation)
         models.check_dense_init(self.dense_init)
+
+
+@dataclasses.dataclass(frozen=True)
+class Hypernetwork(Trunk):
+    """H_ψ with per-tensor heads. A static, hashable description; `init` and `apply` are pure.
+
+    Params ψ: {'embeddings': [num_tasks, embedding_dim], 'mlp': [dense]*, 'heads': {path: ...}}.
+    """
+
+    heads: tuple[HeadSpec, ...] = dataclasses.field(kw_only=True)
+    head_embedding_dim: int = 32  # d, the width of the conv heads' lookup tables
 
     @classmethod
     def for_target(cls, target_shapes, num_tasks: int, **kwargs) -> "Hypernetwork":
@@ -298,7 +306,7 @@ class Hypernetwork:
 
 
 @dataclasses.dataclass(frozen=True)
-class ChunkedHypernetwork:
+class ChunkedHypernetwork(Trunk):
     """The chunked hypernetwork of von Oswald et al. (2020, Fig. 1b): one small MLP emits ω in chunks.
 
     The target's generated tensors are flattened (sorted path order, row-major) and concatenated
@@ -340,19 +348,13 @@ class ChunkedHypernetwork:
           + hidden_dims[-1]·chunk_dim + chunk_dim + n_c·d_c + num_tasks·Σ_tables |v|.
     """
 
-    heads: tuple[HeadSpec, ...]  # kind 'chunk' (generated) or 'table' (per-task table)
-    num_tasks: int
-    embedding_dim: int = 32
-    hidden_dims: tuple[int, ...] = (50, 32)
+    heads: tuple[HeadSpec, ...] = dataclasses.field(kw_only=True)  # kind 'chunk' (generated) or 'table' (per-task table)
     chunk_dim: int = 4096
     chunk_embedding_dim: int = 32
-    activation: str = "relu"
-    dense_init: str = "pytorch"  # DENSE_INITS
     layout: str = "flax"  # CHUNK_LAYOUTS
 
     def __post_init__(self):
-        _check_activation(self.activation)
-        models.check_dense_init(self.dense_init)
+        super().__post_init__()
         if self.layout not in CHUNK_LAYOUTS:
             raise ValueError(f"chunked hypernetwork: unknown layout {self.layout!r}; use one of {CHUNK_LAYOUTS}")
         for name in ("chunk_dim", "chunk_embedding_dim", "embedding_dim"):
@@ -363,15 +365,15 @@ class ChunkedHypernetwork:
             raise ValueError("chunked hypernetwork: hidden_dims must name at least one hidden layer")
 
     @classmethod
-    def for_target(cls, target_shapes, num_tasks: int, vectors_as_tables: bool = True, layout: str = "flax",
-                   layer_order: tuple[str, ...] = (), **kwargs) -> "ChunkedHypernetwork":
+    def for_target(cls, target_shapes, num_tasks: int, vectors_as_tables: bool = True,
+                   layer_order: tuple[str, ...] = (), **fields) -> "ChunkedHypernetwork":
         """For a target's parameter shapes; `layer_order`: its top-level layer names input to output
-        (needed by layout='pytorch' only)."""
+        (needed by layout='pytorch' only); `fields`: the dataclass's (layout, chunk_dim, ...)."""
         heads = tuple(HeadSpec(path, "table" if vectors_as_tables and len(shape) == 1 else "chunk", shape, init)
                       for path, shape, init in _target_leaves(target_shapes))
-        if layout == "pytorch":
+        if fields.get("layout", cls.layout) == "pytorch":  # (the field's default where not given)
             heads = _pytorch_order(heads, tuple(layer_order))
-        return cls(heads=heads, num_tasks=num_tasks, layout=layout, **kwargs)
+        return cls(heads=heads, num_tasks=num_tasks, **fields)
 
     @property
     def num_generated(self) -> int:
