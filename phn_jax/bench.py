@@ -231,7 +231,7 @@ def eval_program(name: str, config) -> Program:
     s = run_setup.setup(config)
     k_init, _ = programs.split_key(s.key())
     state = runtime.replicate(programs.init_state(k_init, strategy=s.strategy, seed_axis=s.seed_axis), s.mesh)
-    tests = run_setup.test_sets(s)
+    tests = run_setup.test_sets(s.streams, s.mesh, s.stacked)
     kwargs = dict(strategy=s.strategy, spec=s.stream.experiences[0].preprocess, batch_size=256, mesh=s.mesh,
                   seed_axis=s.seed_axis)
     key = s.key()

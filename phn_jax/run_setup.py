@@ -109,7 +109,7 @@ class Setup:
 
     def stack(self, trees: list):
         """The seeds' trees (numpy leaves) as one with a leading seed axis; the only one if not stacked."""
-        return jax.tree_util.tree_map(lambda *a: np.stack(a), *trees) if self.stacked else trees[0]
+        return stack_seeds(trees, self.stacked)
 
     def unstack(self, tree) -> list:
         """Each seed's slice of a stacked tree; [tree] if not stacked."""
@@ -154,9 +154,9 @@ def _first_seed(tree):
     return jax.tree_util.tree_map(lambda a: a[0], tree)
 
 
-def memory_of(s: Setup, state) -> dict:
-    """The strategy's memory figures (the same for every seed)."""
-    return s.strategy.memory(_first_seed(state) if s.stacked else state)
+def memory_of(strategy, state, stacked: bool) -> dict:
+    """The strategy's memory figures (the same for every seed; `stacked`: a state with a seed axis)."""
+    return strategy.memory(_first_seed(state) if stacked else state)
 
 
 def with_frozen_init(s: Setup, state):
@@ -175,25 +175,31 @@ def with_frozen_init(s: Setup, state):
     return {**state, where: {**state[where], **jax.tree_util.tree_map(jnp.asarray, part)}}
 
 
-def test_sets(s: Setup) -> list:
-    """Each experience's test set as (images, labels, real count): padded to the streams' largest,
-    replicated on the mesh; each seed's, stacked, for a multi-seed run."""
-    n_test = max(e.test_labels.shape[0] for stream in s.streams for e in stream.experiences)
+def stack_seeds(trees: list, stacked: bool):
+    """The seeds' trees (numpy leaves) as one with a leading seed axis (`stacked`: a multi-seed run);
+    else the only one."""
+    return jax.tree_util.tree_map(lambda *a: np.stack(a), *trees) if stacked else trees[0]
+
+
+def test_sets(streams, mesh: Mesh, stacked: bool) -> list:
+    """Each experience's test set as (images, labels, real count): padded to the `streams`' largest
+    (each seed's stream), replicated on the mesh; each seed's, stacked, for a multi-seed run."""
+    n_test = max(e.test_labels.shape[0] for stream in streams for e in stream.experiences)
     tests = []
-    for j in range(s.num_experiences):
-        exps = [stream.experiences[j] for stream in s.streams]
-        x, y = s.stack([(_pad(e.test_images, n_test), _pad(e.test_labels, n_test)) for e in exps])
-        tests.append((*runtime.replicate((x, y), s.mesh), s.stack([e.test_labels.shape[0] for e in exps])))
+    for j in range(streams[0].num_experiences):
+        exps = [stream.experiences[j] for stream in streams]
+        x, y = stack_seeds([(_pad(e.test_images, n_test), _pad(e.test_labels, n_test)) for e in exps], stacked)
+        tests.append((*runtime.replicate((x, y), mesh), stack_seeds([e.test_labels.shape[0] for e in exps], stacked)))
     return tests
 
 
-def train_arrays(s: Setup, t: int):
+def train_arrays(streams, t: int, cumulative: bool, mesh: Mesh, stacked: bool):
     """Experience t's training arrays (images, labels, tasks, num_valid), padded to the largest
-    experience of the streams (a cumulative strategy: to the union of all), replicated; each seed's,
-    stacked, for a multi-seed run; and their input pipeline."""
-    sizes = [[e.train_labels.shape[0] for e in stream.experiences] for stream in s.streams]
-    n_train = max(map(sum, sizes)) if s.cumulative else max(map(max, sizes))
-    sets = [_training_set(stream, t, s.cumulative) for stream in s.streams]
-    images, labels, tasks = s.stack([tuple(_pad(a, n_train) for a in arrays[:3]) for arrays in sets])
-    n_valid = s.stack([labels.shape[0] for _, labels, _, _ in sets])
-    return (*runtime.replicate((images, labels, tasks), s.mesh), n_valid), sets[0][3]
+    experience of the `streams` (each seed's; a cumulative strategy: to the union of all), replicated
+    on the mesh; each seed's, stacked, for a multi-seed run; and their input pipeline."""
+    sizes = [[e.train_labels.shape[0] for e in stream.experiences] for stream in streams]
+    n_train = max(map(sum, sizes)) if cumulative else max(map(max, sizes))
+    sets = [_training_set(stream, t, cumulative) for stream in streams]
+    images, labels, tasks = stack_seeds([tuple(_pad(a, n_train) for a in arrays[:3]) for arrays in sets], stacked)
+    n_valid = stack_seeds([labels.shape[0] for _, labels, _, _ in sets], stacked)
+    return (*runtime.replicate((images, labels, tasks), mesh), n_valid), sets[0][3]

@@ -129,12 +129,12 @@ def train_and_evaluate(config, workdir: str | Path, *, resume: bool = False):
             # events up to the checkpoint's step are on disk (flushed with it); later ones are written again
             events = report.Events(dirs.results, progress[0].step(s.epochs) + 1 if restored is not None else None,
                                    enabled=main, wandb=config.log.wandb, group=dirs.workdir.name, config=config_json)
-            memory = memory_of(s, state)
+            memory = memory_of(s.strategy, state, s.stacked)
             with contextlib.closing(events):
                 if main:
                     rundir.write_run_files(dirs, s.config, s.configs, s.streams, topology)
                     if progress[0].times:  # a kill between a checkpoint and its results files: write them again
-                        summaries = write_results(s, dirs, progress, memory)
+                        summaries = write_results(dirs, progress, memory, s.seeds)
                         if progress[0].epoch == 0:  # (may repeat the same values at the same step)
                             events.experience(progress, summaries, progress[0].step(s.epochs))
                 log.info("stream %s: %d experiences of %d classes; strategy %s, freeze depth %d, |psi| = %d",
@@ -147,11 +147,11 @@ def train_and_evaluate(config, workdir: str | Path, *, resume: bool = False):
 def run_stream(s: Setup, state, progress: list[Progress], ckpt: Checkpointer, log) -> list[dict]:
     """The experience loop from where `progress` stands to the end of the stream; each seed's summary."""
     _, k_stream = split_key(s.key())
-    tests = test_sets(s)
+    tests = test_sets(s.streams, s.mesh, s.stacked)
     for t in range(progress[0].experience, s.num_experiences):
         k_train, k_eval = split_key(fold_in(k_stream, t))
         k_end = fold_in(k_eval, s.num_experiences)  # end_experience's (evaluation uses fold_in(k_eval, j), j < T)
-        arrays, spec = train_arrays(s, t)
+        arrays, spec = train_arrays(s.streams, t, s.cumulative, s.mesh, s.stacked)
         tic = time.perf_counter() - progress[0].elapsed_s
         if progress[0].epoch == 0:  # (a checkpoint inside the experience holds the state after it)
             state = runtime.replicate(programs.begin_experience(state, t, strategy=s.strategy, seed_axis=s.seed_axis), s.mesh)
@@ -162,10 +162,11 @@ def run_stream(s: Setup, state, progress: list[Progress], ckpt: Checkpointer, lo
         for p in progress:
             p.times.append(seconds / len(progress))  # each seed's share of the program's time
             p.experience, p.epoch, p.elapsed_s = t + 1, 0, 0.0
-        memory = memory_of(s, state)
-        _log_experience(s, log, progress, [p.summary(memory) for p in progress])
+        memory = memory_of(s.strategy, state, s.stacked)
+        _log_experience(log, progress, [p.summary(memory) for p in progress], s.seeds if s.stacked else None,
+                        s.num_experiences)
         ckpt.end_of_experience(state, progress)
-    memory = memory_of(s, state)
+    memory = memory_of(s.strategy, state, s.stacked)
     summaries = [p.summary(memory) for p in progress]
     for seed, summary in zip(s.seeds, summaries):
         log.info("%sdone: ACA %.4f, learning accuracy %.4f, forgetting %s, %.1f s", f"seed {seed}: " if s.stacked
@@ -179,7 +180,8 @@ def train_epochs(s: Setup, state, progress: list[Progress], arrays, spec, k_trai
     """Epochs progress.epoch..E−1 of experience t = progress.experience on `arrays` = (images,
     labels, tasks, num_valid) (each seed's, stacked, for a multi-seed run); appends each epoch's row
     to each seed's history; a safe point between epochs. Raises NonFiniteLossError when a loss is
-    NaN or infinite."""
+    NaN or infinite. `s`, the run, gives the programs' arguments: strategy, mesh, seed axis, batch size,
+    epochs, whether t's step is the first experience's, the seeds."""
     t, (images, labels, tasks, n_valid) = progress[0].experience, arrays
     bar = tqdm(range(progress[0].epoch, s.epochs), initial=progress[0].epoch, total=s.epochs, unit="epoch",
                desc=f"experience {t + 1}/{s.num_experiences}", disable=not s.config.train.progress, leave=False)
@@ -192,7 +194,7 @@ def train_epochs(s: Setup, state, progress: list[Progress], arrays, spec, k_trai
             step_metrics = jax.device_get(step_metrics)  # waits for the epoch: its time is real
         seconds = time.perf_counter() - tic
         rows = [epoch_row(t, epoch, m, seconds / len(progress)) for m in s.unstack(step_metrics)]  # (each seed's share)
-        _check_finite(s, rows, ckpt)
+        _check_finite(rows, s.seeds if s.stacked else None, ckpt.workdir)
         for p, row in zip(progress, rows):
             p.history.append(row)
             p.epoch, p.elapsed_s = epoch + 1, p.elapsed_s + seconds
@@ -205,7 +207,8 @@ def train_epochs(s: Setup, state, progress: list[Progress], arrays, spec, k_trai
 
 
 def evaluate_seen(s: Setup, state, progress: list[Progress], tests, k_eval) -> None:
-    """Row t of R (and of the matrices without task ids): every experience j ≤ t on its test set."""
+    """Row t of R (and of the matrices without task ids): every experience j ≤ t on its test set
+    (`s`, the run: the programs' strategy, mesh, seed axis, batch size, each experience's pipeline)."""
     with _device_memory("train.eval_batch_size", s.config.train.eval_batch_size, "evaluating"):
         _evaluate_seen(s, state, progress, tests, k_eval)
 
@@ -229,11 +232,12 @@ def _evaluate_seen(s: Setup, state, progress: list[Progress], tests, k_eval) -> 
                         p.inferred[m][t, j] = int(value) / int(n_j)
 
 
-def _log_experience(s: Setup, log, progress: list[Progress], summaries: list[dict]) -> None:
-    t, T = progress[0].experience - 1, s.num_experiences
-    for seed, p, summary in zip(s.seeds, progress, summaries):
+def _log_experience(log, progress: list[Progress], summaries: list[dict], seeds: tuple | None, T: int) -> None:
+    """Each seed's line of the experience just completed (`seeds`: a multi-seed run's, else None), of T."""
+    t = progress[0].experience - 1
+    for seed, p, summary in zip(seeds or (None,), progress, summaries):
         log.info("%sexperience %d/%d: %.1f s, accuracy %s; ACA %.4f, forgetting %s",
-                 f"seed {seed}: " if s.stacked else "", t + 1, T, p.times[-1],
+                 f"seed {seed}: " if seeds else "", t + 1, T, p.times[-1],
                  " ".join(f"{a:.3f}" for a in p.R[t, :t + 1]), summary["aca"],
                  "n/a" if summary["forgetting"] is None else f"{summary['forgetting']:.4f}")
         if p.inferred:
@@ -281,7 +285,7 @@ class Checkpointer:
     def end_of_experience(self, state, progress: list[Progress]) -> None:
         self.save(state, progress)
         if runtime.is_main_process():
-            summaries = write_results(self.s, self.dirs, progress, memory_of(self.s, state))
+            summaries = write_results(self.dirs, progress, memory_of(self.s.strategy, state, self.s.stacked), self.s.seeds)
             self.events.experience(progress, summaries, progress[0].step(self.s.epochs))
             self.events.flush()
         stop, _ = runtime.agree(self.stop.signal_name is not None, False)
@@ -289,27 +293,29 @@ class Checkpointer:
             self._stop_if_asked(stop, f"after experience {progress[0].experience}")
 
 
-def write_results(s: Setup, dirs: RunDirs, progress: list[Progress], memory: dict) -> list[dict]:
+def write_results(dirs: RunDirs, progress: list[Progress], memory: dict, seeds: tuple) -> list[dict]:
     """Each seed's metrics.json, CSVs and plots of the completed experiences, and train_history.csv
-    in its results directory; a multi-seed run's aggregate over seeds in its workdir. Returns the
+    in its results directory; a multi-seed run's aggregate over its `seeds` in its workdir. Returns the
     seeds' summaries."""
     summaries = [p.summary(memory) for p in progress]
     for d, p, summary in zip(dirs.results, progress, summaries):
         report.write_report(d, summary)
         report.write_table(d / "train_history.csv", history_columns(p.history), p.history)
     if dirs.grouped:
-        report.write_aggregate(dirs.workdir, metrics.aggregate_seeds(summaries, s.seeds))
+        report.write_aggregate(dirs.workdir, metrics.aggregate_seeds(summaries, seeds))
     return summaries
 
 
-def _check_finite(s: Setup, rows: list[dict], ckpt: Checkpointer) -> None:
-    for seed, row in zip(s.seeds, rows):
+def _check_finite(rows: list[dict], seeds: tuple | None, workdir: Path) -> None:
+    """NonFiniteLossError for the first history row (one a seed; `seeds`: a multi-seed run's, else
+    None) whose loss is NaN or infinite, saying what of the run in `workdir` is kept."""
+    for seed, row in zip(seeds or (None,), rows):
         if not math.isfinite(row["loss"]):
             raise NonFiniteLossError(
                 f"the training loss became {row['loss']} in experience {row['experience'] + 1}, epoch "
-                f"{row['epoch'] + 1}{f' (seed {seed})' if s.stacked else ''}. " + (
+                f"{row['epoch'] + 1}{f' (seed {seed})' if seeds else ''}. " + (
                     f"The results and checkpoints of experience{'s 1..' if row['experience'] > 1 else ' '}"
-                    f"{row['experience']} in {ckpt.workdir} are kept. "
+                    f"{row['experience']} in {workdir} are kept. "
                     if row["experience"] else "No experience was completed: there are no results yet. ") +
                 "Lower optim.lr, or check the data (NaN inputs) and the config")
 

@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import sys
-import types
 from pathlib import Path
 
 import chex
@@ -165,7 +164,7 @@ def test_resume_equals_uninterrupted(hn_run, tmp_path, monkeypatch):
     assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 2
     resumed_scalars, scalars = _scalars(tmp_path), _scalars(workdir)
     assert resumed_scalars.keys() == scalars.keys()
-    for tag in scalars:
+    for tag in set(scalars) - {"train/time_s"}:  # (wall times differ from run to run)
         assert resumed_scalars[tag] == pytest.approx(scalars[tag]), tag
 
 
@@ -231,11 +230,10 @@ def test_nan_loss_is_a_clear_error(tmp_path, monkeypatch):
                                                        "are no results yet. Lower optim.lr"):
         train.train_and_evaluate(tiny_config(**{"train.epochs": 1}), tmp_path)
     # later: the completed experiences named (1-based, as every message counts them)
-    run, ckpt = types.SimpleNamespace(seeds=(0,), stacked=False), types.SimpleNamespace(workdir=tmp_path)
     for t, kept in ((1, "of experience 1 in"), (3, "of experiences 1..3 in")):
         with pytest.raises(train.NonFiniteLossError, match=f"experience {t + 1}, epoch 5. The results and "
                                                            f"checkpoints {kept}"):
-            train._check_finite(run, [{"loss": float("nan"), "experience": t, "epoch": 4}], ckpt)
+            train._check_finite([{"loss": float("nan"), "experience": t, "epoch": 4}], None, tmp_path)
 
 
 def _array_files(workdir, step) -> list[Path]:
