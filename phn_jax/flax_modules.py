@@ -1,7 +1,8 @@
 """A user's own Flax modules as the engine's networks: `model.arch='flax'`.
 
-A module is named by its import path and its constructor's keyword arguments (`FlaxModule`), e.g.
-`--config.model.module=examples.linen_cnn:CNN` with `model.module_kwargs`; either kind of Flax module:
+A module is named by its import path and its constructor's keyword arguments (`FlaxModule`), in a
+config file: `model.module = "examples.nnx_cnn:CNN"` and `model.module_kwargs` (examples/, `make
+example`; docs/own_models.md); either kind of Flax module:
 
   flax.linen.Module   built as Cls(**kwargs); its parameters are the 'params' collection of
                       `init(key, x)`; y = Cls(**kwargs).apply({'params': p}, x)
