@@ -94,10 +94,11 @@ class FlaxModule:
     path: str
     kwargs: tuple = ()
     input_shape: tuple[int, ...] = ()
+    field: str = dataclasses.field(default="model.module", compare=False)  # the config field naming it (messages)
 
     @classmethod
-    def named(cls, path: str, kwargs, input_shape) -> "FlaxModule":
-        module = cls(path, _frozen_value(dict(kwargs or {})), tuple(int(d) for d in input_shape))
+    def named(cls, path: str, kwargs, input_shape, field: str = "model.module") -> "FlaxModule":
+        module = cls(path, _frozen_value(dict(kwargs or {})), tuple(int(d) for d in input_shape), field)
         module.check()
         return module
 
@@ -115,7 +116,7 @@ class FlaxModule:
             return "linen"
         if isinstance(cls, type) and issubclass(cls, nnx.Module):
             return "nnx"
-        raise ModuleError(f"model.module={self.path!r} is {cls!r}, not a flax.linen.Module or flax.nnx.Module class")
+        raise ModuleError(f"{self.field}={self.path!r} is {cls!r}, not a flax.linen.Module or flax.nnx.Module class")
 
     def _sample(self) -> jax.ShapeDtypeStruct:
         return jax.ShapeDtypeStruct((1, *self.input_shape), float_dtype())
@@ -135,7 +136,7 @@ class FlaxModule:
         others = [("/".join(map(str, path)), type(v).__name__) for path, v in nnx.to_flat_state(rest)]
         if others:
             raise ModuleError(
-                f"model.module={self.path!r} holds state other than parameters: "
+                f"{self.field}={self.path!r} holds state other than parameters: "
                 + ", ".join(f"{p} ({t})" for p, t in others) + ". The engine generates and trains parameters "
                 "only: use a normalisation without running statistics (nnx.LayerNorm, nnx.GroupNorm) and no "
                 "module-held rngs (Dropout)")
@@ -151,7 +152,7 @@ class FlaxModule:
         others = sorted(set(variables) - {"params"})
         if others:
             raise ModuleError(
-                f"model.module={self.path!r} has the variable collections {others} beside 'params' (e.g. BatchNorm's "
+                f"{self.field}={self.path!r} has the variable collections {others} beside 'params' (e.g. BatchNorm's "
                 "'batch_stats'). The engine generates and trains parameters only: use a normalisation without "
                 "running statistics (nn.LayerNorm, nn.GroupNorm), or model.arch=resnet, whose norm modes the "
                 "engine keeps per task")
@@ -168,10 +169,18 @@ class FlaxModule:
         return self._linen().apply({"params": params}, x)
 
     def check(self) -> None:
-        """Imports the class and builds its abstract parameters once: ModuleError for what cannot run."""
-        if self.kind == "nnx":
-            self._nnx_graph  # noqa: B018 (refuses other state)
-        self.shapes()
+        """Imports the class, builds its abstract parameters and calls it on one abstract sample:
+        ModuleError for what cannot run, naming the field and what to change."""
+        try:
+            if self.kind == "nnx":
+                self._nnx_graph  # noqa: B018 (refuses other state)
+            self.output_shape(self.input_shape)
+        except (TypeError, ValueError) as err:
+            if isinstance(err, ModuleError):
+                raise
+            raise ModuleError(f"{self.field}={self.path!r} with {self.field}_kwargs={self.constructor_kwargs} cannot "
+                              f"be built or called on one sample of shape {self.input_shape} (NHWC without N): "
+                              f"{type(err).__name__}: {str(err).splitlines()[0][:300]}") from None
 
     def shapes(self):
         """The parameters' shapes and dtypes (`jax.eval_shape` of `init`: no FLOPs)."""
@@ -204,7 +213,7 @@ class FlaxNetwork:
         """The network of `module` (h) on top of `frozen_module` (g; '' for none) for inputs of one
         sample's shape (H, W, C); ModuleError when h's output is not [N, C] or [N, C·T]."""
         input_shape = tuple(int(d) for d in input_shape)
-        g = FlaxModule.named(frozen_module, frozen_kwargs, input_shape) if frozen_module else None
+        g = FlaxModule.named(frozen_module, frozen_kwargs, input_shape, "model.frozen_module") if frozen_module else None
         z_shape = g.output_shape(input_shape) if g else input_shape
         h = FlaxModule.named(module, kwargs, z_shape)
         net = cls(h, g, int(num_classes), int(num_tasks))

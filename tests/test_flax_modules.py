@@ -133,6 +133,8 @@ def test_the_baselines_model_is_the_module_with_a_head_per_task():
     ("user_modules:Missing", {}, "has no 'Missing'"),
     ("no_such_package.models:CNN", {}, "cannot import 'no_such_package.models'"),
     ("user_modules:LinenHead", {"num_outputs": 5}, r"C = 2 .* C·T = 6"),
+    ("user_modules:LinenHead", {"width": 5}, r"model.module_kwargs=\{'width': 5\} cannot be built .* TypeError"),
+    ("user_modules:NnxCNN", {"in_channels": 1}, r"cannot be built or called on one sample of shape \(8, 8, 3\)"),
 ])
 def test_a_module_the_engine_cannot_run_is_refused_with_what_to_change(module, kwargs, message):
     with pytest.raises(ModuleError, match=message):
