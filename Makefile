@@ -172,7 +172,7 @@ bench-torch: $(STAMP) $(TORCH_VENV)/.installed ## our full-network steps (Naive,
 
 .PHONY: data
 data: $(STAMP) ## prepare a dataset for tfds.data_source: DATASET=<name> [DATA_DIR=<tfds dir>] [MANUAL_DIR=<archives copied by hand>]
-	@test -n "$(DATASET)" || { echo "make data: set DATASET=<name>, one of: cifar10 cifar100 mnist fashion_mnist svhn_cropped gtsrb tiny_imagenet" >&2; exit 2; }
+	@test -n "$(DATASET)" || { echo "make data: set DATASET=<name>, one of: cifar10 cifar100 mnist fashion_mnist svhn_cropped gtsrb tiny_imagenet, or any tfds catalogue name (tfds builds it, downloading)" >&2; exit 2; }
 	$(PY) -m phn_jax.data.prepare $(DATASET) $(if $(DATA_DIR),--data_dir $(DATA_DIR)) $(if $(MANUAL_DIR),--manual_dir $(MANUAL_DIR))
 
 clean: ## remove caches (keeps .venv, data and runs)

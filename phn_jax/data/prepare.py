@@ -6,7 +6,9 @@ Nothing here needs TensorFlow. Our builders read the official files from the man
 tiny_imagenet and gtsrb (archives copied by hand), and the catalogue datasets cifar10, cifar100,
 mnist, fashion_mnist and svhn_cropped (`phn_jax.data.catalogue`: the official archives, downloaded
 into the manual directory when they are not there and the machine is online). Reading them back
-with `tfds.data_source` never imports TensorFlow either.
+with `tfds.data_source` never imports TensorFlow either. Any other dataset of the tfds catalogue (for
+the class_split stream) is built by tfds itself, which downloads it (or reads a manual directory
+where its builder asks for one).
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ def prepare(name: str, data_dir: str | None = None, manual_dir: str | None = Non
     """Prepares dataset `name` as array_record in `data_dir`; returns the prepared directory.
 
     Args:
-      name: a key of `tfds_io.DATASETS`.
+      name: a key of `tfds_io.DATASETS`, or any image-classification dataset of the tfds catalogue.
       data_dir: tfds data directory (None: $TFDS_DATA_DIR or ~/tensorflow_datasets).
       manual_dir: directory with archives copied by hand (None: <data_dir>/downloads/manual).
 
@@ -64,7 +66,7 @@ def prepare(name: str, data_dir: str | None = None, manual_dir: str | None = Non
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("dataset", help="one of: " + ", ".join(sorted(tfds_io.DATASETS)))
+    parser.add_argument("dataset", help="one of: " + ", ".join(sorted(tfds_io.DATASETS)) + ", or a tfds catalogue name")
     parser.add_argument("--data_dir", default=None, help="tfds data directory (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
     parser.add_argument("--manual_dir", default=None, help="directory holding archives copied by hand")
     args = parser.parse_args(argv)
