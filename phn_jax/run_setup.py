@@ -113,7 +113,7 @@ class Setup:
 
     def unstack(self, tree) -> list:
         """Each seed's slice of a stacked tree; [tree] if not stacked."""
-        return [jax.tree_util.tree_map(lambda a: a[i], tree) for i in range(len(self.seeds))] if self.stacked else [tree]
+        return unstack_seeds(tree, self.seeds if self.stacked else None)
 
 
 def setup(config) -> Setup:
@@ -179,6 +179,11 @@ def stack_seeds(trees: list, stacked: bool):
     """The seeds' trees (numpy leaves) as one with a leading seed axis (`stacked`: a multi-seed run);
     else the only one."""
     return jax.tree_util.tree_map(lambda *a: np.stack(a), *trees) if stacked else trees[0]
+
+
+def unstack_seeds(tree, seeds: tuple | None) -> list:
+    """Each seed's slice of a tree with a leading seed axis (`seeds`: a multi-seed run's); [tree] for None."""
+    return [jax.tree_util.tree_map(lambda a: a[i], tree) for i in range(len(seeds))] if seeds else [tree]
 
 
 def test_sets(streams, mesh: Mesh, stacked: bool) -> list:

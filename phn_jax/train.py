@@ -51,6 +51,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from functools import partial
 from pathlib import Path
 
 import jax
@@ -63,7 +64,7 @@ from phn_jax.metrics import WITHOUT_TASK_IDS
 from phn_jax.programs import fold_in, split_key
 from phn_jax.progress import Progress, epoch_row, history_columns, progress_from_json, progress_json
 from phn_jax.rundir import RunDirs
-from phn_jax.run_setup import Setup, memory_of, setup, test_sets, train_arrays, with_frozen_init
+from phn_jax.run_setup import Setup, memory_of, setup, test_sets, train_arrays, unstack_seeds, with_frozen_init
 
 # Config fields that may change between an interrupted run and its resumption.
 # (the device count too: a run may move to another machine, with float-level differences, docs/design.md §6)
@@ -145,26 +146,39 @@ def train_and_evaluate(config, workdir: str | Path, *, resume: bool = False):
 
 
 def run_stream(s: Setup, state, progress: list[Progress], ckpt: Checkpointer, log) -> list[dict]:
-    """The experience loop from where `progress` stands to the end of the stream; each seed's summary."""
+    """The experience loop from where `progress` stands to the end of the stream; each seed's summary.
+    It binds the compiled programs to the run (strategy, mesh, seed axis, batch sizes) for the pieces
+    it calls, which take only what they use."""
     _, k_stream = split_key(s.key())
+    seeds = s.seeds if s.stacked else None
     tests = test_sets(s.streams, s.mesh, s.stacked)
+    on = dict(strategy=s.strategy, seed_axis=s.seed_axis)  # what every program takes
+    evaluate = partial(programs.evaluate, **on, batch_size=s.config.train.eval_batch_size, mesh=s.mesh)
+    evaluate_without = (partial(programs.evaluate_without_task_id, **on, batch_size=s.config.train.eval_batch_size,
+                                mesh=s.mesh) if s.without_task_ids else None)
+    specs = tuple(e.preprocess for e in s.stream.experiences)
     for t in range(progress[0].experience, s.num_experiences):
         k_train, k_eval = split_key(fold_in(k_stream, t))
         k_end = fold_in(k_eval, s.num_experiences)  # end_experience's (evaluation uses fold_in(k_eval, j), j < T)
         arrays, spec = train_arrays(s.streams, t, s.cumulative, s.mesh, s.stacked)
         tic = time.perf_counter() - progress[0].elapsed_s
         if progress[0].epoch == 0:  # (a checkpoint inside the experience holds the state after it)
-            state = runtime.replicate(programs.begin_experience(state, t, strategy=s.strategy, seed_axis=s.seed_axis), s.mesh)
-        state = train_epochs(s, state, progress, arrays, spec, k_train, ckpt)
-        state = programs.end_experience(state, *arrays, k_end, t, strategy=s.strategy, spec=spec, seed_axis=s.seed_axis)
-        evaluate_seen(s, state, progress, tests, k_eval)
+            state = runtime.replicate(programs.begin_experience(state, t, **on), s.mesh)
+        epoch = partial(programs.train_epoch, **on, spec=spec, batch_size=s.config.train.batch_size, first=s.first(t),
+                        mesh=s.mesh)
+        with _device_memory("train.batch_size", s.config.train.batch_size, "training"):
+            state = train_epochs(epoch, state, progress, arrays, k_train, ckpt, epochs=s.epochs, seeds=seeds,
+                                 label=f"experience {t + 1}/{s.num_experiences}", show=s.config.train.progress)
+        state = programs.end_experience(state, *arrays, k_end, t, **on, spec=spec)
+        with _device_memory("train.eval_batch_size", s.config.train.eval_batch_size, "evaluating"):
+            evaluate_seen(state, progress, tests, k_eval, context=programs.eval_context(state, **on),
+                          evaluate=evaluate, evaluate_without=evaluate_without, specs=specs, seeds=seeds)
         seconds = time.perf_counter() - tic
         for p in progress:
             p.times.append(seconds / len(progress))  # each seed's share of the program's time
             p.experience, p.epoch, p.elapsed_s = t + 1, 0, 0.0
         memory = memory_of(s.strategy, state, s.stacked)
-        _log_experience(log, progress, [p.summary(memory) for p in progress], s.seeds if s.stacked else None,
-                        s.num_experiences)
+        _log_experience(log, progress, [p.summary(memory) for p in progress], seeds, s.num_experiences)
         ckpt.end_of_experience(state, progress)
     memory = memory_of(s.strategy, state, s.stacked)
     summaries = [p.summary(memory) for p in progress]
@@ -176,57 +190,50 @@ def run_stream(s: Setup, state, progress: list[Progress], ckpt: Checkpointer, lo
     return summaries
 
 
-def train_epochs(s: Setup, state, progress: list[Progress], arrays, spec, k_train, ckpt: Checkpointer):
-    """Epochs progress.epoch..E−1 of experience t = progress.experience on `arrays` = (images,
-    labels, tasks, num_valid) (each seed's, stacked, for a multi-seed run); appends each epoch's row
-    to each seed's history; a safe point between epochs. Raises NonFiniteLossError when a loss is
-    NaN or infinite. `s`, the run, gives the programs' arguments: strategy, mesh, seed axis, batch size,
-    epochs, whether t's step is the first experience's, the seeds."""
-    t, (images, labels, tasks, n_valid) = progress[0].experience, arrays
-    bar = tqdm(range(progress[0].epoch, s.epochs), initial=progress[0].epoch, total=s.epochs, unit="epoch",
-               desc=f"experience {t + 1}/{s.num_experiences}", disable=not s.config.train.progress, leave=False)
+def train_epochs(epoch_program, state, progress: list[Progress], arrays, k_train, ckpt: Checkpointer, *,
+                 epochs: int, seeds: tuple | None, label: str, show: bool):
+    """Epochs progress.epoch..E−1 (E = `epochs`) of experience t = progress.experience on `arrays` =
+    (images, labels, tasks, num_valid) (each seed's, stacked, for a multi-seed run: `seeds`), each one
+    call of `epoch_program` (`programs.train_epoch` bound to the run and the experience); appends each
+    epoch's row to each seed's history; a safe point between epochs. A progress bar `label` where
+    `show`. Raises NonFiniteLossError when a loss is NaN or infinite."""
+    t = progress[0].experience
+    bar = tqdm(range(progress[0].epoch, epochs), initial=progress[0].epoch, total=epochs, unit="epoch", desc=label,
+               disable=not show, leave=False)
     for epoch in bar:
         tic = time.perf_counter()
-        with _device_memory("train.batch_size", s.config.train.batch_size, "training"):
-            state, step_metrics = programs.train_epoch(
-                state, images, labels, tasks, n_valid, t, fold_in(k_train, epoch), strategy=s.strategy,
-                spec=spec, batch_size=s.config.train.batch_size, first=s.first(t), mesh=s.mesh, seed_axis=s.seed_axis)
-            step_metrics = jax.device_get(step_metrics)  # waits for the epoch: its time is real
+        state, step_metrics = epoch_program(state, *arrays, t, fold_in(k_train, epoch))
+        step_metrics = jax.device_get(step_metrics)  # waits for the epoch: its time is real
         seconds = time.perf_counter() - tic
-        rows = [epoch_row(t, epoch, m, seconds / len(progress)) for m in s.unstack(step_metrics)]  # (each seed's share)
-        _check_finite(rows, s.seeds if s.stacked else None, ckpt.workdir)
+        rows = [epoch_row(t, epoch, m, seconds / len(progress)) for m in unstack_seeds(step_metrics, seeds)]
+        _check_finite(rows, seeds, ckpt.workdir)  # (above: each seed's share of the time)
         for p, row in zip(progress, rows):
             p.history.append(row)
             p.epoch, p.elapsed_s = epoch + 1, p.elapsed_s + seconds
-        ckpt.events.epoch(rows, progress[0].step(s.epochs))
+        ckpt.events.epoch(rows, progress[0].step(epochs))
         bar.set_postfix(loss=f"{np.mean([r['loss'] for r in rows]):.3f}",
                         acc=f"{np.mean([r['train_accuracy'] for r in rows]):.3f}")
-        if epoch + 1 < s.epochs:  # after the last epoch, the experience's own checkpoint follows
+        if epoch + 1 < epochs:  # after the last epoch, the experience's own checkpoint follows
             ckpt.safe_point(state, progress)
     return state
 
 
-def evaluate_seen(s: Setup, state, progress: list[Progress], tests, k_eval) -> None:
-    """Row t of R (and of the matrices without task ids): every experience j ≤ t on its test set
-    (`s`, the run: the programs' strategy, mesh, seed axis, batch size, each experience's pipeline)."""
-    with _device_memory("train.eval_batch_size", s.config.train.eval_batch_size, "evaluating"):
-        _evaluate_seen(s, state, progress, tests, k_eval)
-
-
-def _evaluate_seen(s: Setup, state, progress: list[Progress], tests, k_eval) -> None:
+def evaluate_seen(state, progress: list[Progress], tests, k_eval, *, context, evaluate, evaluate_without,
+                  specs: tuple, seeds: tuple | None) -> None:
+    """Row t of R (and of the matrices without task ids) for t = progress.experience: every experience
+    j ≤ t on its test set `tests[j]` with its pipeline `specs[j]`, by `evaluate` (`programs.evaluate`
+    bound to the run) and, where given, `evaluate_without` (`programs.evaluate_without_task_id`);
+    `context`: the strategy's evaluation context of `state`."""
     t = progress[0].experience
-    context = programs.eval_context(state, strategy=s.strategy, seed_axis=s.seed_axis)
     for j in range(t + 1):
         x, y, n = tests[j]
-        kw = dict(strategy=s.strategy, spec=s.stream.experiences[j].preprocess,
-                  batch_size=s.config.train.eval_batch_size, mesh=s.mesh, seed_axis=s.seed_axis)
         # accuracies are counts over n, divided here: the same fraction is the same number in every matrix
-        correct = programs.evaluate(state, context, x, y, n, j, fold_in(k_eval, j), **kw)
-        for p, c, n_j in zip(progress, s.unstack(jax.device_get(correct)), s.unstack(n)):
+        correct = evaluate(state, context, x, y, n, j, fold_in(k_eval, j), spec=specs[j])
+        for p, c, n_j in zip(progress, unstack_seeds(jax.device_get(correct), seeds), unstack_seeds(n, seeds)):
             p.R[t, j] = int(c) / int(n_j)
-        if s.without_task_ids:  # the task inferred among the t + 1 learned ones
-            counts = programs.evaluate_without_task_id(state, context, x, y, n, j, t + 1, fold_in(k_eval, j), **kw)
-            for p, c, n_j in zip(progress, s.unstack(jax.device_get(counts)), s.unstack(n)):
+        if evaluate_without:  # the task inferred among the t + 1 learned ones
+            counts = evaluate_without(state, context, x, y, n, j, t + 1, fold_in(k_eval, j), spec=specs[j])
+            for p, c, n_j in zip(progress, unstack_seeds(jax.device_get(counts), seeds), unstack_seeds(n, seeds)):
                 for m, value in zip(WITHOUT_TASK_IDS, c):
                     if m in p.inferred:
                         p.inferred[m][t, j] = int(value) / int(n_j)
