@@ -206,17 +206,12 @@ def _psi(workdir, seed=None) -> np.ndarray:
 
 
 @pytest.mark.system
-def test_a_users_module_in_a_multi_seed_program_and_on_four_devices(tmp_path):
-    """Seeds 0, 1 of the linen network as one program against each seed alone (one device): the same
-    run. Seed 0 on a mesh of 4 devices against one device: the same accuracies, the hypernetwork
-    within float32's reassociation grown over 16 epochs of Adam (docs/design.md §6)."""
+def test_a_users_module_in_a_multi_seed_program_equals_each_seed_alone(tmp_path):
+    """Seeds 0, 1 of the linen network as one program against each seed alone: the same run. (Four
+    devices against one: tests/test_strategies_stream.py's hn_flax case, a step's losses and gradients,
+    as docs/design.md §6 says to compare device counts.)"""
     together = train.train_and_evaluate(_config("linen", **{"seeds": (0, 1)}), tmp_path / "s")
     for seed, summary in zip((0, 1), together):
         alone = train.train_and_evaluate(_config("linen", **{"seed": seed}), tmp_path / f"alone{seed}")
         assert summary["accuracy_matrix"] == alone["accuracy_matrix"]
         np.testing.assert_allclose(_psi(tmp_path / "s", seed), _psi(tmp_path / f"alone{seed}"), rtol=1e-5, atol=1e-6)
-    four = train.train_and_evaluate(_config("linen", **{"train.num_devices": 4}), tmp_path / "four")
-    np.testing.assert_allclose(np.array(four["accuracy_matrix"], float), np.array(together[0]["accuracy_matrix"], float),
-                               atol=0.011)  # ≤ 2 of 200 test samples
-    one, on_four = _psi(tmp_path / "alone0"), _psi(tmp_path / "four")
-    assert np.linalg.norm(on_four - one) <= 2e-2 * np.linalg.norm(one)

@@ -134,6 +134,10 @@ DEVICE_CASES = {
                 "replay.encoder_dims": (16,), "replay.latent_dim": 4, "replay.condition_dim": 4,
                 "replay.decoder_dims.replay": (16,), "replay.hnet.chunk_dim": 1024, "replay.hnet.embedding_dim": 4,
                 "replay.hnet.chunk_embedding_dim": 4, "replay.hnet.hidden_dims": (6,)}, False),
+    # a user's flax.linen head generated on a linen stem frozen after experience 1 (tests/user_modules.py)
+    "hn_flax": ({"strategy.name": "hn", **SECOND_ORDER, "model.arch": "flax", "model.module": "user_modules:LinenHead",
+                 "model.module_kwargs.num_outputs": 2, "model.frozen_module": "user_modules:LinenStem",
+                 "strategy.freeze_depth": 1}, True),
 }
 
 
@@ -170,8 +174,17 @@ def _on_mesh(case: str, num_devices: int, state0):
     return step1, jax.device_get(after1), step2, int(correct)
 
 
-@pytest.mark.parametrize("case", list(DEVICE_CASES))
+@pytest.mark.parametrize("case", [c for c in DEVICE_CASES if c != "hn_flax"])
 def test_four_devices_equal_one(case, runs):
+    _four_devices_equal_one(case)
+
+
+@pytest.mark.system
+def test_four_devices_equal_one_with_a_users_module():
+    _four_devices_equal_one("hn_flax")
+
+
+def _four_devices_equal_one(case):
     assert len(jax.devices()) == 4
     s = run_setup.setup(tiny_config(**STREAM, **DEVICE_CASES[case][0], **{"train.num_devices": 1}))
     state0 = jax.device_get(programs.init_state(jax.random.key(0), strategy=s.strategy, seed_axis=None))
