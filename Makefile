@@ -87,7 +87,7 @@ run       = $(if $(DATA_DIR),TFDS_DATA_DIR=$(DATA_DIR)) $(PY) -m phn_jax.main --
 .PHONY: demo example cifar100 tinyimagenet noisy ablation-order permuted-mnist split-mnist pretrain
 # EXAMPLE=linen|nnx: examples/<EXAMPLE>_cnn.py, a user's own Flax module that the hypernetwork generates (docs/own_models.md)
 EXAMPLE ?= linen
-example: $(STAMP) ## your own Flax module as the generated network: EXAMPLE=linen (flax.linen CNN on a frozen stem, HN-1) | nnx (flax.nnx CNN, HN-0) on Split-Digits, offline, under a minute; runs/examples/<EXAMPLE>_cnn; RESUME=1 ARGS=
+example: $(STAMP) ## your own Flax module as the generated network: EXAMPLE=linen (flax.linen CNN on a frozen stem, HN-1) | nnx (flax.nnx CNN, HN-0) on Split-Digits, offline, about a minute; runs/examples/<EXAMPLE>_cnn; RESUME=1 ARGS=
 	$(PY) -m phn_jax.main --config examples/$(EXAMPLE)_cnn.py --workdir $(RUNS)/examples/$(EXAMPLE)_cnn $(if $(RESUME),--resume) $(ARGS)
 
 demo: $(STAMP) ## HN-k against fine-tuning on Split-Digits: offline, minutes on a laptop CPU; prints a table
