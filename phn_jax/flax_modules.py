@@ -174,7 +174,7 @@ class FlaxModule:
         try:
             if self.kind == "nnx":
                 self._nnx_graph  # noqa: B018 (refuses other state)
-            self.output_shape(self.input_shape)
+            self.output_shape  # noqa: B018 (builds it, then calls it on one abstract sample)
         except (TypeError, ValueError) as err:
             if isinstance(err, ModuleError):
                 raise
@@ -182,13 +182,15 @@ class FlaxModule:
                               f"be built or called on one sample of shape {self.input_shape} (NHWC without N): "
                               f"{type(err).__name__}: {str(err).splitlines()[0][:300]}") from None
 
+    @functools.cached_property
     def shapes(self):
         """The parameters' shapes and dtypes (`jax.eval_shape` of `init`: no FLOPs)."""
         return jax.eval_shape(self.init, jax.random.key(0))
 
-    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
-        """One sample's output shape for one sample's input shape."""
-        y = jax.eval_shape(self.apply, self.shapes(), jax.ShapeDtypeStruct((1, *input_shape), float_dtype()))
+    @functools.cached_property
+    def output_shape(self) -> tuple[int, ...]:
+        """One sample's output shape for one sample of `input_shape`."""
+        y = jax.eval_shape(self.apply, self.shapes, self._sample())
         return tuple(y.shape[1:])
 
 
@@ -214,10 +216,9 @@ class FlaxNetwork:
         sample's shape (H, W, C); ModuleError when h's output is not [N, C] or [N, C·T]."""
         input_shape = tuple(int(d) for d in input_shape)
         g = FlaxModule.named(frozen_module, frozen_kwargs, input_shape, "model.frozen_module") if frozen_module else None
-        z_shape = g.output_shape(input_shape) if g else input_shape
-        h = FlaxModule.named(module, kwargs, z_shape)
+        h = FlaxModule.named(module, kwargs, g.output_shape if g else input_shape)
         net = cls(h, g, int(num_classes), int(num_tasks))
-        out = h.output_shape(z_shape)
+        out = h.output_shape
         if len(out) != 1 or out[0] not in (num_classes, num_classes * num_tasks):
             raise ModuleError(
                 f"model.module={module!r} gives outputs of shape {out} per sample; the engine needs one vector of "
@@ -236,7 +237,7 @@ class FlaxNetwork:
 
     @property
     def num_heads(self) -> int:
-        return self.generated.output_shape(self.feature_shape)[0] // self.num_classes
+        return self.generated.output_shape[0] // self.num_classes
 
     def check_freeze_depth(self, k: int) -> int:
         """The depths this network has: 0 (no frozen part) and, with `frozen`, 1 (g frozen)."""
@@ -259,12 +260,7 @@ class FlaxNetwork:
         """h's parameter shapes as the hypernetwork generates them: rank-4 kernels OHWI."""
         return jax.tree_util.tree_map(
             lambda s: jax.ShapeDtypeStruct((s.shape[3], *s.shape[:3]), s.dtype) if _is_kernel4(s) else s,
-            self.generated.shapes())
-
-    @staticmethod
-    def to_generated(params: Params) -> Params:
-        """h's parameters in flax's layout -> the hypernetwork's (HWIO -> OHWI)."""
-        return jax.tree_util.tree_map(lambda a: jnp.moveaxis(a, 3, 0) if _is_kernel4(a) else a, params)
+            self.generated.shapes)
 
     @staticmethod
     def from_generated(omega: Params) -> Params:

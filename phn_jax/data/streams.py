@@ -233,12 +233,20 @@ def select_classes(
     return images[keep], new_labels[keep]
 
 
-def _stats(dataset: str, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The dataset's normalisation mean and std, a single channel's repeated to `channels`."""
+def _channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 images [N, H, W, C] scaled to [0, 1]."""
+    scaled = images.reshape(-1, images.shape[-1]) / 255.0
+    return tuple(map(float, scaled.mean(0))), tuple(map(float, scaled.std(0)))
+
+
+def _stats(dataset: str, channels: int, images: np.ndarray | None = None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The dataset's normalisation mean and std (phn_jax's, or where it has none the per-channel
+    statistics of `images`, its training images), a single channel's repeated to `channels`."""
     spec = tfds_io.dataset_spec(dataset)
-    if len(spec.mean) == channels:
-        return spec.mean, spec.std
-    return spec.mean * channels, spec.std * channels
+    mean, std = (spec.mean, spec.std) if spec.mean else _channel_stats(images)
+    if len(mean) == channels:
+        return mean, std
+    return mean * channels, std * channels
 
 
 def _split_arrays(train, test, classes, dataset) -> dict:
@@ -481,12 +489,6 @@ def _split_digits(config) -> Stream:
                                lambda t: Preprocess(augment="none", noise=noise[t], mean=mean, std=std, channels=3))
 
 
-def _channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of uint8 images [N, H, W, C] scaled to [0, 1]."""
-    scaled = images.reshape(-1, images.shape[-1]) / 255.0
-    return tuple(map(float, scaled.mean(0))), tuple(map(float, scaled.std(0)))
-
-
 def _any_class_split(config) -> Stream:
     """class_split: tfds dataset `config.dataset` split by class. Its classes and image shape come from
     its tfds info (`tfds_io.catalogue_spec`); `image_size` (0: the stored size, which must then be
@@ -499,21 +501,17 @@ def _any_class_split(config) -> Stream:
     if config.channels not in (0, stored) and not (stored == 1 and config.channels == 3):
         raise ValueError(f"channels={config.channels} for {config.dataset} ({stored} channel(s)): a stream can keep the "
                          "dataset's channels (0) or repeat a grey one to 3")
-    data = {}
+    pipeline = {}  # one for every experience, made once the training images are read
 
     def load():
-        data["train"], data["test"] = (tfds_io.read_split(config.dataset, split, config.data_dir, size)
-                                       for split in (config.train_split, config.test_split))
-        return data["train"], data["test"]
+        train, test = (tfds_io.read_split(config.dataset, split, config.data_dir, size)
+                       for split in (config.train_split, config.test_split))
+        channels = config.channels or train[0].shape[-1]
+        mean, std = _stats(config.dataset, channels, train[0])
+        pipeline["all"] = Preprocess(augment="none", mean=mean, std=std, channels=channels)
+        return train, test
 
-    def preprocess_of(t):
-        channels = config.channels or data["train"][0].shape[-1]
-        mean, std = (spec.mean, spec.std) if spec.mean else _channel_stats(data["train"][0])
-        if len(mean) != channels:
-            mean, std = mean * channels, std * channels
-        return Preprocess(augment="none", mean=mean, std=std, channels=channels)
-
-    return _class_split_stream(config, config.dataset, spec.num_classes, load, preprocess_of)
+    return _class_split_stream(config, config.dataset, spec.num_classes, load, lambda t: pipeline["all"])
 
 
 def _with_experiences(config, num_classes: int):
