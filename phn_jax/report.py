@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -453,8 +454,6 @@ class WandbWriter:
     is the results directory's, so a resumed run continues the same W&B run."""
 
     def __init__(self, project: str, directory: Path, group: str, config: dict):
-        import hashlib
-
         import wandb  # imported here: the optional extra
 
         run_id = hashlib.sha256(str(Path(directory).resolve()).encode()).hexdigest()[:16]

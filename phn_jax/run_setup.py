@@ -111,10 +111,6 @@ class Setup:
         """The seeds' trees (numpy leaves) as one with a leading seed axis; the only one if not stacked."""
         return stack_seeds(trees, self.stacked)
 
-    def unstack(self, tree) -> list:
-        """Each seed's slice of a stacked tree; [tree] if not stacked."""
-        return unstack_seeds(tree, self.seeds if self.stacked else None)
-
 
 def setup(config) -> Setup:
     """Checks the config (`phn_jax.config.RULES`), then builds each seed's stream (a missing dataset

@@ -153,9 +153,9 @@ def run_stream(s: Setup, state, progress: list[Progress], ckpt: Checkpointer, lo
     seeds = s.seeds if s.stacked else None
     tests = test_sets(s.streams, s.mesh, s.stacked)
     on = dict(strategy=s.strategy, seed_axis=s.seed_axis)  # what every program takes
-    evaluate = partial(programs.evaluate, **on, batch_size=s.config.train.eval_batch_size, mesh=s.mesh)
-    evaluate_without = (partial(programs.evaluate_without_task_id, **on, batch_size=s.config.train.eval_batch_size,
-                                mesh=s.mesh) if s.without_task_ids else None)
+    evaluating = dict(on, batch_size=s.config.train.eval_batch_size, mesh=s.mesh)  # and the evaluations
+    evaluate = partial(programs.evaluate, **evaluating)
+    evaluate_without = partial(programs.evaluate_without_task_id, **evaluating) if s.without_task_ids else None
     specs = tuple(e.preprocess for e in s.stream.experiences)
     for t in range(progress[0].experience, s.num_experiences):
         k_train, k_eval = split_key(fold_in(k_stream, t))
