@@ -19,7 +19,7 @@ BAD = [
     ("--config.strategy.name=icarl", "strategy.name='icarl' must be one of hn, naive"),
     ("--config.strategy.order=third", "strategy.order='third' must be one of none, first, second"),
     ("--config.strategy.combine=max", "strategy.combine='max' must be one of sum, mean"),
-    ("--config.strategy.lookahead_step=adam", "strategy.lookahead_step='adam' must be one of sgd, optimizer"),
+    ("--config.strategy.lookahead_step=adam", "strategy.lookahead_step='adam' must be one of sgd, optimizer, hypercl"),
     ("--config.strategy.reg_reduce=max", "strategy.reg_reduce='max' must be one of mean, sum"),
     ("--config.model.norm=layernorm", "model.norm='layernorm' must be one of reference, batchnorm"),
     ("--config.hnet.kind=lora", "hnet.kind='lora' must be one of heads, chunked"),

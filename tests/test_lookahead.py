@@ -321,6 +321,44 @@ def test_first_order_optimizer_step_is_the_adam_update_and_leaves_the_state():
             assert abs(float(_reg_value(wrong, targets, weights) - res.reg)) > 1e-6
 
 
+def _hypercl_adam_step_numpy(p, g, count, m, v, lr):
+    """hypercl's utils/optim_step.py `adam_step` transcribed to NumPy, one leaf: the moments advanced
+    by g, step_size = lr·√(1−β₂ᵏ)/(1−β₁ᵏ), denom = √v_k + ε (ε before the bias correction)."""
+    k = count + 1
+    exp_avg, exp_avg_sq = B1 * m + (1 - B1) * g, B2 * v + (1 - B2) * g * g
+    return p - lr * np.sqrt(1 - B2 ** k) / (1 - B1 ** k) * (exp_avg / (np.sqrt(exp_avg_sq) + EPS))
+
+
+def test_hypercl_step_is_their_adam_step_with_eps_before_the_bias_correction():
+    """lookahead_step='hypercl': ψ' from von Oswald et al.'s virtual Adam step (their NumPy-transcribed
+    formula) from a fresh and an advanced state, which it does not advance; and where it differs from
+    optax's update: a weight with |g1| = 1e-7 at k = 1 moves −α·g/(|g| + ε/√(1−β₂)) = −0.2403 α there
+    against optax's −α·g/(|g| + ε) = −0.9091 α (hand-computed); |g1| ≫ 3e-7 moves ≈ −α·sign(g) in both."""
+    lr = 0.05
+    with jax.enable_x64(True):
+        psi, x, y, targets, weights = _problem()
+        g1 = _ce_grad(psi, x, y)
+        advanced = _advanced_adam_state(psi, g1, lr)
+        for state in (jax.jit(optax.adam(lr).init)(psi), advanced):
+            before = tmap(np.array, state)
+            got = jax.jit(lambda p, g, s: la.hypercl_adam_step(lr, s)(p, g))(psi, g1, state)
+            s = state[0]
+            want = tmap(lambda p, g, m, v: _hypercl_adam_step_numpy(np.asarray(p), np.asarray(g), int(s.count),
+                                                                    np.asarray(m), np.asarray(v), lr),
+                        psi, g1, s.mu, s.nu)
+            chex.assert_trees_all_close(got, want, rtol=1e-13, atol=1e-16)
+            chex.assert_trees_all_equal(tmap(np.asarray, state), before)
+        # the advanced state's ψ' is not the fresh state's
+        fresh_step = jax.jit(lambda p, g, s: la.hypercl_adam_step(lr, s)(p, g))(psi, g1, jax.jit(optax.adam(lr).init)(psi))
+        assert _rel(_flat(got), _flat(fresh_step)) > 1e-6
+        w = {"w": jnp.asarray([1e-7, -1e-7, 1.0, -1e-3])}
+        fresh = optax.adam(lr).init(w)
+        theirs = np.asarray(la.hypercl_adam_step(lr, fresh)({"w": jnp.zeros(4)}, w)["w"]) / lr
+        ours = np.asarray(la.optimizer_step(optax.adam(lr), fresh)({"w": jnp.zeros(4)}, w)["w"]) / lr
+        np.testing.assert_allclose(theirs, [-0.240253, 0.240253, -1.0, 0.999684], rtol=1e-5)
+        np.testing.assert_allclose(ours, [-0.909091, 0.909091, -1.0, 0.999990], rtol=1e-5)
+
+
 def test_second_order_through_adam_needs_eps_root():
     """Through Adam, eps_root > 0 gives a finite gradient that matches finite differences of
     F(ψ) = L_CE(ψ) + β L_H(ψ + Δ_Adam(∇L_CE(ψ))). With eps_root = 0, a state with v = 0 where g1 is
@@ -378,6 +416,9 @@ def test_hn_refuses_second_order_through_adam_without_eps_root():
     HN(model, order="second", lookahead_step="optimizer", eps_root=1e-8)
     HN(model, order="second", lookahead_step="sgd", eps_root=0.0)
     HN(model, order="first", lookahead_step="optimizer", eps_root=0.0)
+    with pytest.raises(ValueError, match="eps_root"):
+        HN(model, order="second", lookahead_step="hypercl", eps_root=0.0)
+    HN(model, order="second", lookahead_step="hypercl", eps_root=1e-8)
 
 
 def test_cosine_of_g1_and_g2_equals_numpy():

@@ -43,7 +43,7 @@ def test_config_builds_their_mlp_and_chunked_hn(name, tasks, classes, shape, hid
     # hypercl's parameter order: fc1 (weight, bias), fc2, the classifier
     assert hnet.layout == "pytorch" and [h.path for h in hnet.heads] == [
         f"{layer}/{leaf}" for layer in ("fc1", "fc2", "classifier") for leaf in ("kernel", "bias")]
-    assert (hn.lookahead_step, hn.order, hn.train_old_embeddings, hn.copy_embedding) == ("optimizer", "first", False,
+    assert (hn.lookahead_step, hn.order, hn.train_old_embeddings, hn.copy_embedding) == ("hypercl", "first", False,
                                                                                           False)
     assert hn.beta == {"permuted_mnist": 0.1, "split_mnist": 0.01}[name]
     assert config.eval.task_inference and config.data.name == name

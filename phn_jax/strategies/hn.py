@@ -34,7 +34,8 @@ class HN(ByEntropy):
     """Static configuration of HN-k (hashable: a static argument of the jitted steps).
 
     beta: β of the output regulariser (0.5 in the paper). order: 'none' | 'first' | 'second'.
-    combine: 'sum' (reference code) | 'mean' (Eq. 10). lookahead_step: 'sgd' | 'optimizer'.
+    combine: 'sum' (reference code) | 'mean' (Eq. 10). lookahead_step: 'sgd' | 'optimizer' |
+    'hypercl' (`lookahead.LOOKAHEAD_STEPS`).
     reg_subset: regularise a random subset of this many previous tasks per step (0: all).
     reg_reduce: 'mean' over the regularised tasks (reference code) | 'sum' (the paper's Eq. 7).
     train_old_embeddings: old task embeddings stay trainable (reference) or are held fixed.
@@ -70,7 +71,7 @@ class HN(ByEntropy):
             raise ValueError(f"reg_reduce must be one of {lookahead.REG_REDUCES}, got {self.reg_reduce!r}")
         if self.lookahead_step not in lookahead.LOOKAHEAD_STEPS:
             raise ValueError(f"lookahead_step must be one of {lookahead.LOOKAHEAD_STEPS}, got {self.lookahead_step!r}")
-        if self.order == "second" and self.lookahead_step == "optimizer" and self.eps_root <= 0:
+        if self.order == "second" and self.lookahead_step != "sgd" and self.eps_root <= 0:
             raise ValueError("second-order look-ahead through Adam needs eps_root > 0 (the gradient of √v at "
                              "v = 0 is infinite): set e.g. --config.optim.eps_root=1e-8")
 
@@ -106,6 +107,14 @@ class HN(ByEntropy):
     def end_experience(self, state, task_id, train_data):
         return state
 
+    def virtual_step(self, opt_state):
+        """ψ ↦ ψ' of the look-ahead (`lookahead_step`), from ψ's Adam state `opt_state`."""
+        if self.lookahead_step == "sgd":
+            return lookahead.sgd_step(self.lr)
+        if self.lookahead_step == "hypercl":
+            return lookahead.hypercl_adam_step(self.lr, opt_state, eps_root=self.eps_root)
+        return lookahead.optimizer_step(self.optimizer, opt_state)
+
     def regularizer(self, psi, targets, weights):
         """L_H(ψ) against the snapshot targets (see `lookahead.output_regularizer`): Σ_j w_j ‖H_ψ(j) − T_j‖²₂,
         from the hypernetwork's factored outputs (`Hypernetwork.sq_distances`)."""
@@ -128,8 +137,7 @@ class HN(ByEntropy):
         else:
             weights = lookahead.regularized_task_weights(key, task_id, self.num_tasks, self.reg_subset,
                                                          self.reg_reduce)
-            virtual = (lookahead.sgd_step(self.lr) if self.lookahead_step == "sgd"
-                       else lookahead.optimizer_step(self.optimizer, state["opt"]["psi"]))
+            virtual = self.virtual_step(state["opt"]["psi"])
             res = lookahead.lookahead_gradient(
                 lambda p: ce_fn(phi, p, True), lambda p: self.regularizer(p, state["targets"], weights), psi,
                 beta=self.beta, order=self.order, combine=self.combine, virtual_step=virtual)

@@ -102,14 +102,15 @@ class GenerativeMemory:
 
     def train_step(self, state, x, mask, key, task_id):
         """One step of L_VAE on task `task_id`'s batch x [B, ...] (mask [B]) plus β L_H(ψD') of the
-        previous decoders at the look-ahead ψD' (Adam's virtual step, first order); only the current
-        decoder embedding moves. Returns (state, {'vae_loss', 'vae_reg'})."""
+        previous decoders at the look-ahead ψD' (Adam's virtual step as hypercl's, ε before the bias
+        correction: `lookahead.hypercl_adam_step`; first order); only the current decoder embedding
+        moves. Returns (state, {'vae_loss', 'vae_reg'})."""
         params, opt = state["params"], state["opt"]
         weights = lookahead.regularized_task_weights(key, task_id, self.num_tasks)
         loss_fn = lambda p: self.vae.loss(p["enc"], self.decoder(p["psi"], task_id), x, task_id, key, mask)
         reg_fn = lambda p: lookahead.output_regularizer(self.hnet.sq_distances(p["psi"], state["targets"]), weights)
         res = lookahead.lookahead_gradient(loss_fn, reg_fn, params, beta=self.beta, order="first", combine="sum",
-                                           virtual_step=lookahead.optimizer_step(optax.adam(self.lr), opt))
+                                           virtual_step=lookahead.hypercl_adam_step(self.lr, opt))
         grads = {**res.grad, "psi": lookahead.current_embedding_only(res.grad["psi"], task_id)}
         params, opt = _adam_update(self.lr, grads, opt, params)
         return {**state, "params": params, "opt": opt}, {"vae_loss": res.ce, "vae_reg": res.reg}

@@ -1,0 +1,151 @@
+"""Our von Oswald et al. HNET training steps against the reference implementation's own, from the same
+weights on the same batches, in float64.
+
+    JAX_ENABLE_X64=1 .venv/bin/python experiments/compare_hypercl.py --hypercl ~/hypercl \\
+        [--stream permuted_mnist|split_mnist] [--tasks 3] [--steps 5] [--lookahead_step hypercl]
+
+hypercl (github.com/chrhenning/hypercl) is imported from --hypercl and its classifier is trained by
+its own `mnist/train_splitMNIST.py train_class_one_t` (the function `train_permutedMNIST.py` and
+`train_splitMNIST.py --infer_task_id --cl_scenario 1` run), with its `_set_default` settings for the
+stream, for `--steps` iterations a task on random batches (x ~ U[0, 1), random labels). Ours, the
+stream's config (`experiments/configs/<stream>.py`) at the same number of tasks, starts from hypercl's
+initial weights (its θ mapped to our ψ: chunk embeddings, the MLP's dense layers transposed, the task
+embeddings) and takes the same steps with `HN.train_step`. After every task it prints
+‖ψ_ours − ψ_theirs‖ / ‖ψ_theirs − ψ_before‖ (how far apart the two are, relative to how far the task's
+steps moved ψ), then both continue from theirs. Needs PyTorch and hypercl's requirements importable
+(e.g. `--site-packages` of the environment hypercl runs in; it is appended to sys.path, after ours).
+Not a test: CI has neither PyTorch nor hypercl. docs/mnist.md has the figures.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+# stream -> (hypercl's mode, input side after padding, classes per task)
+STREAMS = {"permuted_mnist": ("perm", 32, 10), "split_mnist": ("split", 28, 2)}
+BATCH = 128
+
+
+def _relative(a, b, ref):
+    """‖a − b‖ / ‖ref‖ over the leaves of three pytrees of NumPy arrays (a flat list order)."""
+    import jax
+    la, lb, lr = (jax.tree_util.tree_leaves(t) for t in (a, b, ref))
+    num = sum(float(np.sum((x - y) ** 2)) for x, y in zip(la, lb))
+    den = sum(float(np.sum(r ** 2)) for r in lr)
+    return float(np.sqrt(num / den)) if den > 0 else float(np.sqrt(num))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--hypercl", required=True, help="a checkout of github.com/chrhenning/hypercl")
+    p.add_argument("--site-packages", default=None, help="appended to sys.path: where torch and hypercl's "
+                   "requirements are installed, if not in this environment")
+    p.add_argument("--stream", default="permuted_mnist", choices=sorted(STREAMS))
+    p.add_argument("--tasks", type=int, default=3)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--lookahead_step", default=None, help="override our config's strategy.lookahead_step")
+    args = p.parse_args(argv)
+    if args.site_packages:
+        sys.path.append(args.site_packages)
+    sys.path.insert(0, str(Path(args.hypercl).resolve()))
+    sys.path.insert(0, str(ROOT))
+    import torch
+    import jax
+    import jax.numpy as jnp
+    if not jax.config.jax_enable_x64:
+        raise SystemExit("run with JAX_ENABLE_X64=1: the comparison is in float64")
+    torch.set_default_dtype(torch.float64)
+    from mnist import train_args, train_utils
+    from mnist.train_args_default import _set_default
+    from mnist.train_splitMNIST import train_class_one_t
+    from phn_jax.config import check_config, load_config
+    from phn_jax.strategies import create_strategy
+
+    mode, side, classes = STREAMS[args.stream]
+    rng = np.random.default_rng(0)
+    batches = [[(rng.random((BATCH, side * side)), rng.integers(0, classes, BATCH)) for _ in range(args.steps)]
+               for _ in range(args.tasks)]
+
+    class Batches:
+        """hypercl's data handler interface, serving `batches[t]` in order."""
+        in_shape = [28, 28, 1]
+        num_train_samples = BATCH * args.steps
+
+        def __init__(self, t):
+            self.t, self.i = t, 0
+
+        def reset_batch_generator(self):
+            self.i = 0
+
+        def next_train_batch(self, batch_size):
+            x, y = batches[self.t][self.i]
+            self.i += 1
+            return x, np.eye(classes)[y]
+
+        def input_to_torch_tensor(self, x, device, mode="inference"):
+            return torch.from_numpy(x)
+
+        def output_to_torch_tensor(self, y, device, mode="inference"):
+            return torch.from_numpy(y)
+
+    class NoWriter:  # tensorboard's SummaryWriter, silenced
+        def __getattr__(self, name):
+            return lambda *a, **k: None
+
+    config = train_args.parse_cmd_arguments(mode=mode, argv=["--infer_task_id", "--cl_scenario", "1",
+                                                             "--num_tasks", str(args.tasks)])
+    config = _set_default(config)
+    config.num_tasks = args.tasks  # (_set_default_split sets 5)
+    config.training_with_hnet, config.training_task_infer, config.show_plots = True, False, False
+    config.n_iter = args.steps
+    device = torch.device("cpu")
+    torch.manual_seed(0)
+    mnet, hnet = train_utils.generate_classifier(config, [Batches(t) for t in range(args.tasks)], device)
+
+    def theirs():
+        """hypercl's θ and task embeddings as our ψ."""
+        th = [q.detach().numpy().copy() for q in hnet.theta]
+        layers = [{"kernel": th[i].T, "bias": th[i + 1]} for i in range(1, len(th) - 2, 2)]
+        return {"chunk_embeddings": th[0], "embeddings": np.stack([e.detach().numpy() for e in hnet.get_task_embs()]),
+                "mlp": layers, "output": {"kernel": th[-2].T, "bias": th[-1]}, "tables": {}}
+
+    c = load_config(ROOT / "experiments" / "configs" / f"{args.stream}.py")
+    c.data.num_experiences = args.tasks
+    if args.lookahead_step:
+        c.strategy.lookahead_step = args.lookahead_step
+    check_config(c)
+    hn = create_strategy(c, types.SimpleNamespace(num_experiences=args.tasks, classes_per_experience=classes,
+                                                  image_shape=(side, side, 1)))
+    state = hn.init(jax.random.key(0))
+    shapes = lambda tree: jax.tree_util.tree_map(np.shape, tree)
+    if shapes(state["psi"]) != shapes(theirs()):
+        raise SystemExit(f"hypercl's θ does not map onto our ψ: {shapes(theirs())} against {shapes(state['psi'])}")
+    step = jax.jit(hn.train_step, static_argnums=4)
+    rows = []
+    for t in range(args.tasks):
+        start = theirs()
+        state = hn.begin_experience({**state, "psi": jax.tree_util.tree_map(jnp.asarray, start)}, jnp.asarray(t))
+        train_class_one_t(Batches(t), None, None, None, [mnet, hnet], device, config, NoWriter(), t)
+        for i, (x, y) in enumerate(batches[t]):
+            batch = {"x": jnp.asarray(x.reshape(BATCH, side, side, 1)), "y": jnp.asarray(y),
+                     "mask": jnp.ones(BATCH, bool)}
+            state, metrics = step(state, batch, jax.random.key(i), jnp.asarray(t), t == 0)
+        ours, end = jax.tree_util.tree_map(np.asarray, state["psi"]), theirs()
+        moved = jax.tree_util.tree_map(np.subtract, end, start)
+        row = {"task": t, "steps": args.steps, "rel_to_update": _relative(ours, end, moved),
+               "rel_to_psi": _relative(ours, end, end),
+               "rel_to_update_output_layer": _relative(ours["output"], end["output"], moved["output"]),
+               "loss": float(metrics["loss"]), "reg": float(metrics["reg"])}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
