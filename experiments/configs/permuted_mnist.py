@@ -29,7 +29,8 @@ each with the file that sets it:
   - Adam, lr 1e-4, batch 128, 5,000 iterations per task (`class_lr`, `batch_size`, `n_iter`,
     `_set_default_permuted`): 5,000·128 / 60,000 ≈ 10.7 epochs, so 11
   - look-ahead with the optimizer's (Adam's) virtual step (`use_sgd_change` off), first order
-    (`backprop_dt` off) (mnist/replay/train_args_replay.py)
+    (`backprop_dt` off) (mnist/replay/train_args_replay.py), ε added to the uncorrected √v as their
+    utils/optim_step.py `adam_step` does: `strategy.lookahead_step='hypercl'`
   - only the current task's embedding is trained; a new one is drawn from N(0, 1)
     (`embedding_reset='normal'`), not copied from the previous task
   - task inference by the lowest softmax entropy (HNET+ENT), temperature 1 (`soft_temp`,

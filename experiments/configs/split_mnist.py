@@ -26,7 +26,9 @@ each with the file that sets it:
     previous tasks as ours
   - Adam, lr 1e-3, batch 128, 2,000 iterations per task (`class_lr`, `batch_size`, `n_iter`,
     `_set_default_split`): 2,000·128 / ≈12,000 samples per task ≈ 21 epochs
-  - look-ahead with the optimizer's (Adam's) virtual step, first order (mnist/replay/train_args_replay.py)
+  - look-ahead with the optimizer's (Adam's) virtual step, first order (mnist/replay/train_args_replay.py),
+    ε added to the uncorrected √v as their utils/optim_step.py `adam_step` does:
+    `strategy.lookahead_step='hypercl'`
   - only the current task's embedding is trained; a new one is drawn from N(0, 1), not copied
   - task inference by the lowest softmax entropy (HNET+ENT), temperature 1: reported beside the
     task-incremental accuracy (eval.task_inference)
