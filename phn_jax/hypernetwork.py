@@ -32,6 +32,7 @@ Both MLP trunks use the activation `activation` ('relu', the reference code's; o
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 from typing import Any
 
 import jax
@@ -121,28 +122,41 @@ def _output_differences(w, b, w_star, b_star) -> jax.Array:
     return jnp.concatenate([w, w - w_star, (b - b_star)[None]])
 
 
-@jax.custom_vjp
-def output_gram(w, b, w_star, b_star) -> jax.Array:
-    """G = M Mᵀ [2H+1, 2H+1] for M = [W ; W − W* ; (b − b*)ᵀ] [2H+1, n] (W, W* [H, n]; b, b* [n]):
-    every inner product of the rows that a chunk's difference from its target is made of
-    (`ChunkedHypernetwork.sq_distances`). W*, b* are targets: they get no gradient.
+def _column_blocks(w, b, w_star, b_star, kept: int) -> tuple:
+    """M's columns before and after `kept`, each built from the slices of W, b, W*, b* (no slice of M)."""
+    cut = lambda a, lo, hi: (a[:, lo:hi] if a.ndim == 2 else a[lo:hi])
+    return tuple(_output_differences(*(cut(a, lo, hi) for a in (w, b, w_star, b_star)))
+                 for lo, hi in ((0, kept), (kept, w.shape[1])))
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(4,))
+def output_gram(w, b, w_star, b_star, kept: int) -> tuple[jax.Array, jax.Array]:
+    """(G_kept, G_rest) = (M_k M_kᵀ, M_r M_rᵀ) [2H+1, 2H+1] for M = [W ; W − W* ; (b − b*)ᵀ] [2H+1, n]
+    (W, W* [H, n]; b, b* [n]) cut into its first `kept` columns M_k and the others M_r (static;
+    G_rest is zero when kept = n): every inner product of the rows that a chunk's difference from
+    its target is made of (`ChunkedHypernetwork.sq_distances`), G = G_kept + G_rest over all
+    columns. W*, b* are targets: they get no gradient.
 
     Its VJP is written out: with S = Ḡ + Ḡᵀ, ∂/∂M = S M, and since W appears in rows 1..H and
-    H+1..2H, ∂/∂[W ; bᵀ] = [S₁ + S₂ ; S₃] M, one [H+1, 2H+1] @ [2H+1, n] product (S₁, S₂, S₃ its row
-    blocks of H, H and 1 rows): half of autodiff's, whose second product also takes a transposed
-    operand, which XLA:CPU computes several times slower."""
-    m = _output_differences(w, b, w_star, b_star)
-    return m @ m.T
+    H+1..2H, ∂/∂[W ; bᵀ] = [S₁ + S₂ ; S₃] M (S₁, S₂, S₃ its row blocks of H, H and 1 rows), one
+    [H+1, 2H+1] @ [2H+1, ·] product per block of columns, the two written side by side into one
+    [H+1, n] gradient: half of autodiff's products (whose second takes a transposed operand, which
+    XLA:CPU computes several times slower), and no zero-padded copy per block."""
+    return _output_gram_fwd(w, b, w_star, b_star, kept)[0]
 
 
-def _output_gram_fwd(w, b, w_star, b_star):
-    m = _output_differences(w, b, w_star, b_star)
-    return m @ m.T, m
+def _output_gram_fwd(w, b, w_star, b_star, kept):
+    blocks = _column_blocks(w, b, w_star, b_star, kept)
+    return tuple(m @ m.T for m in blocks), blocks
 
 
-def _output_gram_bwd(m, g):
-    s, h = g + g.T, (m.shape[0] - 1) // 2
-    grad = jnp.concatenate([s[:h] + s[h:2 * h], s[2 * h:]]) @ m  # [H+1, n]: ∂/∂W, then ∂/∂b
+def _output_gram_bwd(kept, blocks, g):
+    h = (blocks[0].shape[0] - 1) // 2
+
+    def row_grads(m, g_m):  # [H+1, columns]: ∂/∂W, then ∂/∂b
+        s = g_m + g_m.T
+        return jnp.concatenate([s[:h] + s[h:2 * h], s[2 * h:]]) @ m
+    grad = jnp.concatenate([row_grads(m, g_m) for m, g_m in zip(blocks, g)], axis=1)
     return grad[:h], grad[h], None, None
 
 
@@ -462,9 +476,8 @@ class ChunkedHypernetwork(Trunk):
         h, h_star = self.hidden(psi, jnp.arange(self.num_tasks)), targets["hidden"]
         (w, b), (w_star, b_star) = ((o["kernel"], o["bias"]) for o in (psi["output"], targets["output"]))
         kept = self.num_generated - (self.num_chunks - 1) * self.chunk_dim
-        g_kept = output_gram(w[:, :kept], b[:kept], w_star[:, :kept], b_star[:kept])
-        g = (g_kept + output_gram(w[:, kept:], b[kept:], w_star[:, kept:], b_star[kept:])
-             if kept < self.chunk_dim else g_kept)
+        g_kept, g_rest = output_gram(w, b, w_star, b_star, kept)
+        g = g_kept + g_rest
         u = jnp.concatenate([h - h_star, h_star, jnp.ones(h.shape[:2] + (1,), h.dtype)], axis=-1)  # [T, n_c, 2H+1]
         quadratic = lambda x, g: jnp.sum((x @ g) * x, axis=-1)  # uᵀ G u of every row of x [rows, 2H+1]
         whole = u[:, :-1].reshape(-1, u.shape[-1])  # every chunk but the last: [T·(n_c − 1), 2H+1]
