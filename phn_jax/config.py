@@ -98,7 +98,8 @@ def base_config(stream: str) -> ml_collections.ConfigDict:
                                             activation="elu", chunk_dim=50_000, vectors_as_tables=False,
                                             dense_init="xavier", layout="pytorch")),
     ))
-    c.optim = ml_collections.ConfigDict(dict(lr=1e-3, eps_root=0.0))
+    # adam_eps: where Adam adds ε, to √v̂ (optax) or to √v (PyTorch ≤ 1.2): `lookahead.adam`
+    c.optim = ml_collections.ConfigDict(dict(lr=1e-3, eps_root=0.0, adam_eps="v_hat"))
     # num_devices: the mesh's devices (0: every device of every process); batch sizes are global
     # seed_axis: how a multi-seed run (`seeds`) goes over its seeds: vmap | map (lax.map, one after another in
     # the program) | auto (vmap on GPUs and TPUs, map on CPUs, where grouped convolutions are slow)
@@ -291,6 +292,8 @@ RULES = (
     ("strategy.combine", _one_of(lookahead.COMBINES), "sum (reference code) or mean (the paper's Eq. 10)"),
     ("strategy.lookahead_step", _one_of(lookahead.LOOKAHEAD_STEPS), "the virtual step: sgd (reference code), "
      "optimizer (optax's Adam update) or hypercl (von Oswald et al.'s code: Adam with ε before the bias correction)"),
+    ("optim.adam_eps", _one_of(lookahead.ADAM_EPS), "where Adam adds ε: v_hat (optax, PyTorch ≥ 1.3) or v (the "
+     "uncorrected √v, PyTorch ≤ 1.2, as von Oswald et al. ran; strategies hn, naive, ewc, lr, joint)"),
     ("strategy.reg_reduce", _one_of(lookahead.REG_REDUCES), "the regulariser over previous tasks: mean (reference "
      "code) or sum (the paper's Eq. 7)"),
     ("model.norm", _one_of(models.NORM_MODES), "reference: the reference code's normalisation"),
@@ -364,6 +367,9 @@ def _combination_problems(config: ml_collections.ConfigDict) -> list[str]:
     if s.name in MLP_ONLY and config.data.get("normalize", True):  # (the streams without the field always normalise)
         problems.append(f"strategy {s.name!r}'s VAE models pixels in [0, 1] (a Bernoulli likelihood, as von "
                         "Oswald et al.'s): it needs data.normalize=False (the MNIST configs' setting)")
+    if s.name in MLP_ONLY and config.optim.adam_eps != "v_hat":
+        problems.append(f"strategy {s.name!r} trains its networks with optax's Adam (ε on √v̂): optim.adam_eps="
+                        f"{config.optim.adam_eps!r} is for hn and the baselines; leave it at 'v_hat'")
     if s.name == "replay" and s.scenario not in REPLAY_SCENARIOS:
         problems.append(f"strategy 'replay' (HNET+R) trains for strategy.scenario 2 (one head) or 3 (a head per "
                         f"task), got {s.scenario!r}: SCENARIO=2 or SCENARIO=3")

@@ -140,6 +140,52 @@ def optimizer_step(optimizer: optax.GradientTransformation, opt_state) -> Callab
     return step
 
 
+ADAM_EPS = ("v_hat", "v")  # where Adam adds ε: to √v̂ (Kingma & Ba, optax, PyTorch ≥ 1.3) or to √v (PyTorch ≤ 1.2)
+
+
+def _direction_eps_on_v(m_k, v_k, k, *, b1: float, b2: float, eps: float, eps_root: float):
+    """√(1−β₂ᵏ)/(1−β₁ᵏ) · m_k / (√(v_k + eps_root) + ε): Adam's direction with ε added to the
+    uncorrected √v (PyTorch's Adam before pytorch/pytorch#22628, Aug. 2019; hypercl's `adam_step`)."""
+    scale = (jnp.sqrt(1 - b2 ** k) / (1 - b1 ** k)).astype(m_k.dtype)
+    return scale * m_k / (jnp.sqrt(v_k + eps_root) + eps)
+
+
+def _moments(mu, nu, grads, b1: float, b2: float):
+    """Adam's moments advanced by g (pytrees, optax's own): m_k = β₁ m + (1−β₁) g, v_k = β₂ v + (1−β₂) g²."""
+    return (optax.tree_utils.tree_update_moment(grads, mu, b1, 1),
+            optax.tree_utils.tree_update_moment_per_elem_norm(grads, nu, b2, 2))
+
+
+def adam(lr: float, *, eps_root: float = 0.0, eps_on: str = "v_hat", b1: float = 0.9, b2: float = 0.999,
+         eps: float = 1e-8) -> optax.GradientTransformation:
+    """Adam with ε where `eps_on` says (ADAM_EPS):
+
+        'v_hat':  Δ = −α m̂_k / (√(v̂_k + eps_root) + ε)                   optax.adam itself (PyTorch ≥ 1.3)
+        'v':      Δ = −α √(1−β₂ᵏ)/(1−β₁ᵏ) · m_k / (√(v_k + eps_root) + ε)   PyTorch ≤ 1.2
+
+    m̂ = m/(1−β₁ᵏ), v̂ = v/(1−β₂ᵏ). 'v' is Adam as von Oswald et al. (2020) ran it: their code's
+    virtual step (`hypercl_adam_step`) copies PyTorch's Adam of 2019, whose ε is ε/√(1−β₂ᵏ) after
+    the correction (3.2e-7 at a task's first step, 1e-8 once k ≫ 1/(1−β₂)). Both keep optax.adam's
+    state (ScaleByAdamState, then the learning rate's), so checkpoints and `hypercl_adam_step` read
+    either."""
+    if eps_on not in ADAM_EPS:
+        raise ValueError(f"eps_on must be one of {ADAM_EPS}, got {eps_on!r}")
+    if eps_on == "v_hat":
+        return optax.adam(lr, b1=b1, b2=b2, eps=eps, eps_root=eps_root)
+
+    def init(params):
+        return optax.scale_by_adam(b1, b2, eps, eps_root).init(params)
+
+    def update(grads, state, params=None):
+        mu, nu = _moments(state.mu, state.nu, grads, b1, b2)
+        count = optax.safe_int32_increment(state.count)
+        k = count.astype(float_dtype())
+        direction = jax.tree_util.tree_map(
+            lambda m, v: _direction_eps_on_v(m, v, k, b1=b1, b2=b2, eps=eps, eps_root=eps_root), mu, nu)
+        return direction, optax.ScaleByAdamState(count=count, mu=mu, nu=nu)
+    return optax.chain(optax.GradientTransformation(init, update), optax.scale_by_learning_rate(lr))
+
+
 def hypercl_adam_step(lr: float, opt_state, *, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
                       eps_root: float = 0.0) -> Callable:
     """ψ' = ψ + Δ_h, the virtual Adam step of von Oswald et al.'s code (hypercl `utils/optim_step.py`
@@ -152,18 +198,16 @@ def hypercl_adam_step(lr: float, opt_state, *, b1: float = 0.9, b2: float = 0.99
     It is Adam's Δ = −α m̂/(√v̂ + ε) with ε added before the bias correction, an effective
     ε/√(1−β₂ᵏ) after it: 3.2e-7 at k = 1 for ε = 1e-8, so at a task's first steps every weight whose
     |g1| is not ≫ 3e-7 moves less than under `optimizer_step` (on PermutedMNIST the hypernetwork's
-    output layer has many such weights: docs/mnist.md). b1, b2, eps: the optimizer's (optax.adam's
-    defaults); eps_root (inside the root, for the second order) as optax's.
+    output layer has many such weights: docs/mnist.md). The update `adam(eps_on='v')` would make,
+    its state not advanced. b1, b2, eps: the optimizer's (optax.adam's defaults); eps_root (inside
+    the root, for the second order) as optax's.
     """
-    adam = next(s for s in jax.tree_util.tree_leaves(opt_state, is_leaf=lambda s: isinstance(s, optax.ScaleByAdamState))
-                if isinstance(s, optax.ScaleByAdamState))
+    state = next(s for s in jax.tree_util.tree_leaves(opt_state, is_leaf=lambda s: isinstance(s, optax.ScaleByAdamState))
+                 if isinstance(s, optax.ScaleByAdamState))
 
     def step(p, g):
-        k = (adam.count + 1).astype(float_dtype())
-        scale = lr * jnp.sqrt(1 - b2 ** k) / (1 - b1 ** k)
-
-        def leaf(x, gi, m, v):
-            m_k, v_k = b1 * m + (1 - b1) * gi, b2 * v + (1 - b2) * gi * gi
-            return x - scale.astype(x.dtype) * m_k / (jnp.sqrt(v_k + eps_root) + eps)
-        return jax.tree_util.tree_map(leaf, p, g, adam.mu, adam.nu)
+        k = (state.count + 1).astype(float_dtype())
+        mu, nu = _moments(state.mu, state.nu, g, b1, b2)
+        leaf = lambda x, m, v: x - lr * _direction_eps_on_v(m, v, k, b1=b1, b2=b2, eps=eps, eps_root=eps_root).astype(x.dtype)
+        return jax.tree_util.tree_map(leaf, p, mu, nu)
     return step

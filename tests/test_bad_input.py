@@ -21,6 +21,7 @@ BAD = [
     ("--config.strategy.combine=max", "strategy.combine='max' must be one of sum, mean"),
     ("--config.strategy.lookahead_step=adam", "strategy.lookahead_step='adam' must be one of sgd, optimizer, hypercl"),
     ("--config.strategy.reg_reduce=max", "strategy.reg_reduce='max' must be one of mean, sum"),
+    ("--config.optim.adam_eps=eps", "optim.adam_eps='eps' must be one of v_hat, v"),
     ("--config.model.norm=layernorm", "model.norm='layernorm' must be one of reference, batchnorm"),
     ("--config.hnet.kind=lora", "hnet.kind='lora' must be one of heads, chunked"),
     ("--config.strategy.freeze_depth=5", "strategy.freeze_depth=5 must be an integer from 0 to 4"),

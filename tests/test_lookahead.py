@@ -359,6 +359,40 @@ def test_hypercl_step_is_their_adam_step_with_eps_before_the_bias_correction():
         np.testing.assert_allclose(ours, [-0.909091, 0.909091, -1.0, 0.999990], rtol=1e-5)
 
 
+def test_adam_with_eps_on_v_is_pytorch_1_2s_adam():
+    """optim.adam_eps='v' (`lookahead.adam(eps_on='v')`): 4 real steps equal PyTorch ≤ 1.2's Adam transcribed to
+    NumPy (the formula of hypercl's `adam_step`, which copies it), the virtual step `hypercl_adam_step`
+    from each state is the update that step then makes, and the state has optax.adam's structure;
+    'v_hat' is optax.adam's update itself."""
+    lr = 0.05
+    with jax.enable_x64(True):
+        psi, x, y, _, _ = _problem()
+        opt = la.adam(lr, eps_on="v")
+        update = jax.jit(lambda g, s, p: opt.update(g, s, p))
+        state = opt.init(psi)
+        assert jax.tree_util.tree_structure(state) == jax.tree_util.tree_structure(optax.adam(lr).init(psi))
+        p, m, v = (tmap(np.asarray, t) for t in (psi, state[0].mu, state[0].nu))
+        for k in range(4):
+            g = tmap(lambda a: a * (1.0 + k), _ce_grad(psi, x, y))  # gradients that change from step to step
+            virtual = la.hypercl_adam_step(lr, state)(psi, g)
+            want = tmap(lambda pi, gi, mi, vi: _hypercl_adam_step_numpy(pi, np.asarray(gi), k, mi, vi, lr), p, g, m, v)
+            updates, state = update(g, state, psi)
+            psi = optax.apply_updates(psi, updates)
+            chex.assert_trees_all_close(psi, want, rtol=1e-13, atol=1e-16)
+            chex.assert_trees_all_close(virtual, psi, rtol=1e-13, atol=1e-16)
+            m = tmap(lambda mi, gi: B1 * mi + (1 - B1) * np.asarray(gi), m, g)
+            v = tmap(lambda vi, gi: B2 * vi + (1 - B2) * np.asarray(gi) ** 2, v, g)
+            p = want
+        assert int(state[0].count) == 4
+        # 'v_hat' is optax.adam; the two differ where |g| is not ≫ ε/√(1−β₂ᵏ) (hand values at k = 1 above)
+        w = {"w": jnp.asarray([1e-7, -1e-7, 1.0, -1e-3])}
+        for eps_on, want in (("v", [-0.240253, 0.240253, -1.0, 0.999684]), ("v_hat", [-0.909091, 0.909091, -1.0, 0.999990])):
+            o = la.adam(lr, eps_on=eps_on)
+            np.testing.assert_allclose(np.asarray(o.update(w, o.init(w))[0]["w"]) / lr, want, rtol=1e-5)
+        with pytest.raises(ValueError, match="eps_on must be one of"):
+            la.adam(lr, eps_on="vhat")
+
+
 def test_second_order_through_adam_needs_eps_root():
     """Through Adam, eps_root > 0 gives a finite gradient that matches finite differences of
     F(ψ) = L_CE(ψ) + β L_H(ψ + Δ_Adam(∇L_CE(ψ))). With eps_root = 0, a state with v = 0 where g1 is

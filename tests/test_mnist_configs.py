@@ -58,17 +58,20 @@ def test_config_builds_their_mlp_and_chunked_hn(name, tasks, classes, shape, hid
     assert hn.memory(state)["replay_buffer_mb"] == 200 * shape[0] * shape[1] * 4 / 2**20
 
 
-@pytest.mark.parametrize("field, value, message, advice", [
-    ("strategy.freeze_depth", 2, "strategy.freeze_depth must be 0", "model.arch=resnet"),
-    ("strategy.name", "naive", "runs with strategies hn, tir, replay", "model.arch=resnet"),
-    ("model.arch", "resnet", "hnet.layout='pytorch' lays the chunks over the MLP", "hnet.layout='flax'"),
-    ("hnet.kind", "heads", "hnet.layout='pytorch' lays the chunks over the MLP", "hnet.layout='flax'"),
-    ("hnet.layout", "torch", "hnet.layout='torch' must be one of flax, pytorch", "--config.<field>"),
+@pytest.mark.parametrize("overrides, message, advice", [
+    ({"strategy.freeze_depth": 2}, "strategy.freeze_depth must be 0", "model.arch=resnet"),
+    ({"strategy.name": "naive"}, "runs with strategies hn, tir, replay", "model.arch=resnet"),
+    ({"model.arch": "resnet"}, "hnet.layout='pytorch' lays the chunks over the MLP", "hnet.layout='flax'"),
+    ({"hnet.kind": "heads"}, "hnet.layout='pytorch' lays the chunks over the MLP", "hnet.layout='flax'"),
+    ({"hnet.layout": "torch"}, "hnet.layout='torch' must be one of flax, pytorch", "--config.<field>"),
+    ({"strategy.name": "tir", "optim.adam_eps": "v"}, "optim.adam_eps='v' is for hn and the baselines",
+     "leave it at 'v_hat'"),
 ])
-def test_mlp_config_errors_say_what_to_do(field, value, message, advice):
+def test_mlp_config_errors_say_what_to_do(overrides, message, advice):
     config = load_config(ROOT / "experiments" / "configs" / "permuted_mnist.py")
-    section, key = field.split(".")
-    config[section][key] = value
+    for field, value in overrides.items():
+        section, key = field.split(".")
+        config[section][key] = value
     with pytest.raises(ConfigError, match=message) as err:
         check_config(config)
     assert advice in str(err.value)

@@ -57,7 +57,7 @@ def create_strategy(config, stream):
     if name != "hn":
         model = (MultiHeadFlax(net) if m.arch == "flax"
                  else MultiHeadResNet(resnet, stream.num_experiences, norm=m.norm))
-        common = dict(model=model, lr=config.optim.lr, eps_root=config.optim.eps_root)
+        common = dict(model=model, lr=config.optim.lr, eps_root=config.optim.eps_root, adam_eps=config.optim.adam_eps)
         if name == "ewc":
             return EWC(**common, ewc_lambda=s.ewc_lambda, fisher_batch_size=config.train.batch_size)
         if name == "lr":
@@ -73,7 +73,7 @@ def _hn(config, stream, net) -> HN:
     model = PartialHypernetwork.create(
         net, s.freeze_depth, num_tasks=stream.num_experiences, norm=config.model.norm,
         **config.hnet.to_dict())
-    return HN(model, lr=config.optim.lr, eps_root=config.optim.eps_root, beta=s.beta, order=s.order,
+    return HN(model, lr=config.optim.lr, eps_root=config.optim.eps_root, adam_eps=config.optim.adam_eps, beta=s.beta, order=s.order,
               combine=s.combine, lookahead_step=s.lookahead_step, reg_subset=s.reg_subset, reg_reduce=s.reg_reduce,
               train_old_embeddings=s.train_old_embeddings, copy_embedding=s.copy_embedding,
               input_shape=tuple(stream.image_shape), buffer_size=s.buffer_size)

@@ -35,7 +35,8 @@ class HN(ByEntropy):
 
     beta: β of the output regulariser (0.5 in the paper). order: 'none' | 'first' | 'second'.
     combine: 'sum' (reference code) | 'mean' (Eq. 10). lookahead_step: 'sgd' | 'optimizer' |
-    'hypercl' (`lookahead.LOOKAHEAD_STEPS`).
+    'hypercl' (`lookahead.LOOKAHEAD_STEPS`). adam_eps: where Adam adds ε, 'v_hat' (optax) | 'v' (PyTorch ≤ 1.2:
+    `lookahead.adam`).
     reg_subset: regularise a random subset of this many previous tasks per step (0: all).
     reg_reduce: 'mean' over the regularised tasks (reference code) | 'sum' (the paper's Eq. 7).
     train_old_embeddings: old task embeddings stay trainable (reference) or are held fixed.
@@ -48,6 +49,7 @@ class HN(ByEntropy):
     model: PartialHypernetwork
     lr: float = 1e-3
     eps_root: float = 0.0
+    adam_eps: str = "v_hat"
     beta: float = 0.5
     order: str = "first"
     combine: str = "sum"
@@ -69,6 +71,8 @@ class HN(ByEntropy):
             raise ValueError(f"combine must be one of {lookahead.COMBINES}, got {self.combine!r}")
         if self.reg_reduce not in lookahead.REG_REDUCES:
             raise ValueError(f"reg_reduce must be one of {lookahead.REG_REDUCES}, got {self.reg_reduce!r}")
+        if self.adam_eps not in lookahead.ADAM_EPS:
+            raise ValueError(f"adam_eps must be one of {lookahead.ADAM_EPS}, got {self.adam_eps!r}")
         if self.lookahead_step not in lookahead.LOOKAHEAD_STEPS:
             raise ValueError(f"lookahead_step must be one of {lookahead.LOOKAHEAD_STEPS}, got {self.lookahead_step!r}")
         if self.order == "second" and self.lookahead_step != "sgd" and self.eps_root <= 0:
@@ -81,7 +85,7 @@ class HN(ByEntropy):
 
     @property
     def optimizer(self) -> optax.GradientTransformation:
-        return optax.adam(self.lr, eps_root=self.eps_root)
+        return lookahead.adam(self.lr, eps_root=self.eps_root, eps_on=self.adam_eps)
 
     def _reset_optimizer(self, state):
         return {**state, "opt": {"phi": self.optimizer.init(state["phi"]), "psi": self.optimizer.init(state["psi"])}}

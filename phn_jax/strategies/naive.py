@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from phn_jax import metrics, models
+from phn_jax import lookahead, metrics, models
 from phn_jax.runtime import compiled_init
 from phn_jax.strategies.base import masked_correct, masked_cross_entropy
 from phn_jax.strategies.multihead import MultiHeadResNet
@@ -33,11 +33,12 @@ from phn_jax.task_inference import ByEntropy
 
 @dataclasses.dataclass(frozen=True)
 class Naive(ByEntropy):
-    """Multi-head fine-tuning. model: the multi-head ResNet; lr, eps_root: Adam's."""
+    """Multi-head fine-tuning. model: the multi-head ResNet; lr, eps_root, adam_eps: Adam's (`lookahead.adam`)."""
 
     model: MultiHeadResNet
     lr: float = 1e-3
     eps_root: float = 0.0
+    adam_eps: str = "v_hat"
 
     cumulative: ClassVar[bool] = False  # Joint: train experience t on the union of experiences 0..t
     # Whether the first experience's step is a program of its own (LR-k: the trunk trains only then); when
@@ -51,7 +52,7 @@ class Naive(ByEntropy):
 
     @property
     def optimizer(self) -> optax.GradientTransformation:
-        return optax.adam(self.lr, eps_root=self.eps_root)
+        return lookahead.adam(self.lr, eps_root=self.eps_root, eps_on=self.adam_eps)
 
     @property
     def reg_weight(self) -> float:
