@@ -143,17 +143,16 @@ def optimizer_step(optimizer: optax.GradientTransformation, opt_state) -> Callab
 ADAM_EPS = ("v_hat", "v")  # where Adam adds ε: to √v̂ (Kingma & Ba, optax, PyTorch ≥ 1.3) or to √v (PyTorch ≤ 1.2)
 
 
-def _direction_eps_on_v(m_k, v_k, k, *, b1: float, b2: float, eps: float, eps_root: float):
-    """√(1−β₂ᵏ)/(1−β₁ᵏ) · m_k / (√(v_k + eps_root) + ε): Adam's direction with ε added to the
-    uncorrected √v (PyTorch's Adam before pytorch/pytorch#22628, Aug. 2019; hypercl's `adam_step`)."""
+def _adam_eps_on_v(m, v, g, k, *, b1: float, b2: float, eps: float, eps_root: float) -> tuple:
+    """One leaf of Adam with ε on the uncorrected √v (PyTorch's Adam before pytorch/pytorch#22628, Aug.
+    2019; hypercl's `adam_step`): the moments advanced by g and the direction,
+
+        m_k = β₁ m + (1−β₁) g     v_k = β₂ v + (1−β₂) g²     d = √(1−β₂ᵏ)/(1−β₁ᵏ) · m_k / (√(v_k + eps_root) + ε)
+
+    (m_k, v_k, d), the step being −α d. Elementwise in one function, so that XLA fuses it into one pass."""
+    m_k, v_k = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
     scale = (jnp.sqrt(1 - b2 ** k) / (1 - b1 ** k)).astype(m_k.dtype)
-    return scale * m_k / (jnp.sqrt(v_k + eps_root) + eps)
-
-
-def _moments(mu, nu, grads, b1: float, b2: float):
-    """Adam's moments advanced by g (pytrees, optax's own): m_k = β₁ m + (1−β₁) g, v_k = β₂ v + (1−β₂) g²."""
-    return (optax.tree_utils.tree_update_moment(grads, mu, b1, 1),
-            optax.tree_utils.tree_update_moment_per_elem_norm(grads, nu, b2, 2))
+    return m_k, v_k, scale * m_k / (jnp.sqrt(v_k + eps_root) + eps)
 
 
 def adam(lr: float, *, eps_root: float = 0.0, eps_on: str = "v_hat", b1: float = 0.9, b2: float = 0.999,
@@ -177,11 +176,12 @@ def adam(lr: float, *, eps_root: float = 0.0, eps_on: str = "v_hat", b1: float =
         return optax.scale_by_adam(b1, b2, eps, eps_root).init(params)
 
     def update(grads, state, params=None):
-        mu, nu = _moments(state.mu, state.nu, grads, b1, b2)
         count = optax.safe_int32_increment(state.count)
         k = count.astype(float_dtype())
-        direction = jax.tree_util.tree_map(
-            lambda m, v: _direction_eps_on_v(m, v, k, b1=b1, b2=b2, eps=eps, eps_root=eps_root), mu, nu)
+        leaves = jax.tree_util.tree_map(
+            lambda m, v, g: _adam_eps_on_v(m, v, g, k, b1=b1, b2=b2, eps=eps, eps_root=eps_root), state.mu, state.nu, grads)
+        mu, nu, direction = jax.tree_util.tree_transpose(jax.tree_util.tree_structure(grads),
+                                                         jax.tree_util.tree_structure((0, 0, 0)), leaves)
         return direction, optax.ScaleByAdamState(count=count, mu=mu, nu=nu)
     return optax.chain(optax.GradientTransformation(init, update), optax.scale_by_learning_rate(lr))
 
@@ -207,7 +207,6 @@ def hypercl_adam_step(lr: float, opt_state, *, b1: float = 0.9, b2: float = 0.99
 
     def step(p, g):
         k = (state.count + 1).astype(float_dtype())
-        mu, nu = _moments(state.mu, state.nu, g, b1, b2)
-        leaf = lambda x, m, v: x - lr * _direction_eps_on_v(m, v, k, b1=b1, b2=b2, eps=eps, eps_root=eps_root).astype(x.dtype)
-        return jax.tree_util.tree_map(leaf, p, mu, nu)
+        leaf = lambda x, gi, m, v: x - lr * _adam_eps_on_v(m, v, gi, k, b1=b1, b2=b2, eps=eps, eps_root=eps_root)[2].astype(x.dtype)
+        return jax.tree_util.tree_map(leaf, p, g, state.mu, state.nu)
     return step
