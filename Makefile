@@ -69,6 +69,9 @@ SEED     ?= 0
 # SEEDS=0,1,2: those seeds as one program (config.seeds), each in the directory it would have alone
 SEEDS    ?=
 EPOCHS   ?= 100
+# ITERATIONS=I: each experience I steps of full batches drawn across epochs (von Oswald et al.'s loop), in place
+# of EPOCHS (the MNIST targets' default; give EPOCHS= or ITERATIONS=, not both)
+ITERATIONS ?= 0
 REPLAY   ?= 1
 # FROZEN_INIT=<run dir>: hn/lr with the stem and stages 1..k of that run (e.g. make pretrain's), frozen from the start
 FROZEN_INIT ?=
@@ -77,9 +80,12 @@ FROZEN_INIT ?=
 # SCENARIO=1|2|3: van de Ven & Tolias' scenario the MNIST MLP trains for (strategy.scenario; 2: one head for all tasks)
 SCENARIO ?=
 NAME      = $(STRATEGY)$(if $(filter hn,$(STRATEGY)),$(FREEZE)_$(ORDER))$(if $(filter lr,$(STRATEGY)),$(FREEZE)_c$(REPLAY))$(if $(SCENARIO),_cl$(SCENARIO))$(if $(FROZEN_INIT),_pretrained)_seed$(if $(SEEDS),{seed},$(SEED))
+# the length of an experience: EPOCHS, or ITERATIONS where it is not 0
+length    = $(if $(and $(filter command line,$(origin EPOCHS)),$(filter-out 0,$(ITERATIONS))),$(error give EPOCHS=$(EPOCHS) or ITERATIONS=$(ITERATIONS), not both)) \
+            --config.train.epochs=$(if $(filter-out 0,$(ITERATIONS)),0,$(EPOCHS)) --config.train.iterations=$(ITERATIONS)
 # $(call run,<config file>,<workdir>)
 run       = $(if $(DATA_DIR),TFDS_DATA_DIR=$(DATA_DIR)) $(PY) -m phn_jax.main --config $(1) --workdir $(2) \
-            $(if $(RESUME),--resume) --config.seed=$(SEED) --config.train.epochs=$(EPOCHS) --config.strategy.name=$(STRATEGY) \
+            $(if $(RESUME),--resume) --config.seed=$(SEED) $(length) --config.strategy.name=$(STRATEGY) \
             --config.strategy.freeze_depth=$(FREEZE) --config.strategy.order=$(ORDER) \
             --config.strategy.replay_coef=$(REPLAY) $(if $(SEEDS),--config.seeds=$(SEEDS)) \
             $(if $(FROZEN_INIT),--config.strategy.frozen_init=$(FROZEN_INIT)) $(if $(SCENARIO),--config.strategy.scenario=$(SCENARIO)) $(ARGS)
@@ -108,19 +114,19 @@ pretrain: $(STAMP) ## multitask pretraining for FROZEN_INIT: Joint (every task's
 	$(MAKE) --no-print-directory $(STREAM) STRATEGY=joint
 
 # von Oswald et al.'s MNIST streams: their settings in the config files, their MLP target generated whole
-# (k = 0: FREEZE other than 0 is a config error) and their iterations as epochs, unless given on the command
-# line. METHOD=hnet (default: the hypernetwork classifier, evaluated with the task given and by entropy,
+# (k = 0: FREEZE other than 0 is a config error) and their iterations (ITERATIONS: steps of full batches across
+# epochs), unless EPOCHS= or ITERATIONS= is given on the command line. METHOD=hnet (default: the hypernetwork classifier, evaluated with the task given and by entropy,
 # HNET+ENT) | tir (HNET+TIR) | replay (HNET+R, with SCENARIO=2 or 3).
 METHOD ?= hnet
 permuted-mnist split-mnist: FREEZE = 0
 permuted-mnist split-mnist: STRATEGY = $(if $(filter hnet,$(METHOD)),hn,$(METHOD))
-permuted-mnist: EPOCHS = 11
-split-mnist: EPOCHS = 21
+permuted-mnist: ITERATIONS = $(if $(filter command line,$(origin EPOCHS)),0,5000)
+split-mnist: ITERATIONS = $(if $(filter command line,$(origin EPOCHS)),0,2000)
 
-permuted-mnist: $(STAMP) ## PermutedMNIST-10 (von Oswald et al.): their 1024-1000-1000 MLP from a chunked hypernetwork, their settings; METHOD=hnet|tir|replay SCENARIO=1|2|3 ORDER= SEED= SEEDS= EPOCHS=11
+permuted-mnist: $(STAMP) ## PermutedMNIST-10 (von Oswald et al.): their 1024-1000-1000 MLP from a chunked hypernetwork, their settings; METHOD=hnet|tir|replay SCENARIO=1|2|3 ORDER= SEED= SEEDS= ITERATIONS=5000 (or EPOCHS=)
 	$(call run,experiments/configs/permuted_mnist.py,$(RUNS)/permuted_mnist/$(NAME))
 
-split-mnist: $(STAMP) ## SplitMNIST 5x2 (von Oswald et al.): their 784-400-400 MLP from a chunked hypernetwork, their settings; METHOD=hnet|tir|replay SCENARIO=1|2|3 ORDER= SEED= SEEDS= EPOCHS=21
+split-mnist: $(STAMP) ## SplitMNIST 5x2 (von Oswald et al.): their 784-400-400 MLP from a chunked hypernetwork, their settings; METHOD=hnet|tir|replay SCENARIO=1|2|3 ORDER= SEED= SEEDS= ITERATIONS=2000 (or EPOCHS=)
 	$(call run,experiments/configs/split_mnist.py,$(RUNS)/split_mnist/$(NAME))
 
 ablation-order: $(STAMP) ## Table 5: first- vs second-order look-ahead for k=0..4 on Split-CIFAR100, then the report of runs/cifar100

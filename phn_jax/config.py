@@ -103,8 +103,10 @@ def base_config(stream: str) -> ml_collections.ConfigDict:
     # num_devices: the mesh's devices (0: every device of every process); batch sizes are global
     # seed_axis: how a multi-seed run (`seeds`) goes over its seeds: vmap | map (lax.map, one after another in
     # the program) | auto (vmap on GPUs and TPUs, map on CPUs, where grouped convolutions are slow)
-    c.train = ml_collections.ConfigDict(dict(epochs=100, batch_size=64, eval_batch_size=256, progress=True,
-                                             num_devices=0, seed_axis="auto"))
+    # iterations: I > 0 trains each experience for I steps of full batches drawn across epochs (von Oswald et
+    # al.'s loop, `data.iteration_indices`) in place of whole epochs; then epochs must be 0
+    c.train = ml_collections.ConfigDict(dict(epochs=100, iterations=0, batch_size=64, eval_batch_size=256,
+                                             progress=True, num_devices=0, seed_axis="auto"))
     # task_inference: also evaluate without task ids, the task inferred by predictive entropy (von
     # Oswald et al.'s HNET+ENT), for strategies that can (hn): class-incremental and task-inference accuracy
     c.eval = ml_collections.ConfigDict(dict(task_inference=True))
@@ -153,14 +155,16 @@ def smoke(c: ml_collections.ConfigDict, epochs: int = 1) -> ml_collections.Confi
     return c
 
 
-def von_oswald_hnet(c: ml_collections.ConfigDict, *, beta: float, lr: float, epochs: int, mlp: tuple[int, ...],
+def von_oswald_hnet(c: ml_collections.ConfigDict, *, beta: float, lr: float, iterations: int, mlp: tuple[int, ...],
                     image_size: int, **chunked) -> ml_collections.ConfigDict:
     """von Oswald et al.'s (ICLR 2020) HNET recipe on `c`, as their reference code runs it on MNIST:
     their target, a multi-head MLP with hidden layers `mlp` (ReLU, biases) on the flattened image
     (MNIST zero-padded to `image_size`, one channel, pixels in [0, 1]); a chunked hypernetwork
     (`chunked`: its hnet fields) generating all of it, biases included (k = 0); the look-ahead
     through Adam's step at first order, only the current task embedding trained, a new embedding
-    drawn fresh (not copied), batch 128; their β, lr and iterations (as epochs).
+    drawn fresh (not copied), batch 128; their β, lr and iterations: `iterations` steps a task of full
+    batches drawn across epochs from one reshuffled sweep after another (`train.iterations`; their
+    data/dataset.py `Dataset._get_random_batch`).
 
     Also as theirs: the hypernetwork's dense layers Xavier uniform with zero biases and the task and
     chunk embeddings N(0, 1) (hypercl mnist/train_utils.py `generate_classifier`); the chunks laid over
@@ -181,8 +185,7 @@ def von_oswald_hnet(c: ml_collections.ConfigDict, *, beta: float, lr: float, epo
         full outputs: the same function (float64 tests), at a fraction of the cost
       - evaluation: theirs tests each task right after it ("during") and after the last ("after");
         our accuracy matrix holds both (its diagonal and its last row)
-      - around the step: whole epochs (the last batch partial, masked), so 5,159 PermutedMNIST steps
-        a task against their 5,000 iterations; and the random numbers (initial draws, batch order)
+      - the random numbers (initial draws, batch order)
     And from the paper's runs (2019), like hypercl run today: Adam's real step with ε on √v̂ (PyTorch ≥
     1.3, optax); theirs had PyTorch ≤ 1.2's, ε on the uncorrected √v, as the virtual step still has it:
     `optim.adam_eps='v'`, measured not to help (SplitMNIST 99.67 ± 0.06 against 99.73 ± 0.08, 5
@@ -193,7 +196,7 @@ def von_oswald_hnet(c: ml_collections.ConfigDict, *, beta: float, lr: float, epo
     c.strategy.update(freeze_depth=0, beta=beta, order="first", lookahead_step="hypercl",
                       train_old_embeddings=False, copy_embedding=False)
     c.optim.lr = lr
-    c.train.update(epochs=epochs, batch_size=128)
+    c.train.update(epochs=0, iterations=iterations, batch_size=128)
     return c
 
 
@@ -312,7 +315,10 @@ RULES = (
      "flax (sorted paths, our shapes) or pytorch (von Oswald et al.'s MLP order, the MLP target only)"),
     ("strategy.freeze_depth", _integer(0, 4), "k frozen residual stages: 0 generates the whole network (HN-F), "
      "4 only the classifier"),
-    ("train.epochs", _integer(1), "epochs per experience (the paper: 100)"),
+    ("train.epochs", (_integer(0)[0], "an integer ≥ 1 (0 only with train.iterations)"),
+     "epochs per experience (the paper: 100)"),
+    ("train.iterations", _integer(0), "steps per experience of full batches drawn across epochs, von Oswald et al.'s "
+     "n_iter (0: whole epochs, train.epochs of them)"),
     ("train.batch_size", _integer(1), "the global training batch (the paper: 64)"),
     ("train.eval_batch_size", _integer(1), "the global evaluation batch (the paper: 256)"),
     ("train.num_devices", _integer(0), "0 uses every device"),
@@ -333,6 +339,21 @@ RULES = (
     ("seed", _integer(0), "the run's seed"),
     ("seeds", _seeds(), "the seeds run together in one program (empty: only `seed`)"),
 )
+
+
+def _length_problems(train: ml_collections.ConfigDict) -> list[str]:
+    """What is wrong with the length of an experience: exactly one of train.epochs (whole epochs) and
+    train.iterations (steps across epochs) must be ≥ 1."""
+    epochs, iterations = train.epochs, train.get("iterations")
+    if not _integer(0)[0](iterations):
+        return []  # (its own rule names it)
+    if epochs == 0 and iterations == 0:
+        return ["train.epochs=0 must be an integer ≥ 1 (epochs per experience), or give the steps per experience "
+                "with train.iterations ≥ 1"]
+    if epochs and iterations:
+        return [f"train.epochs={epochs} and train.iterations={iterations} both give the length of an experience: "
+                "set train.epochs=0 to train for iterations, or train.iterations=0 for epochs"]
+    return []
 
 
 def _combination_problems(config: ml_collections.ConfigDict) -> list[str]:
@@ -408,6 +429,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
         if not ok(node):
             problems.append(f"{field}={node!r} must be {must} ({why})")
+        elif field == "train.epochs":
+            problems += _length_problems(config.train)
     if not problems:  # (the fields below exist and have their types)
         problems = _combination_problems(config)
     if problems:

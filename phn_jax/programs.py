@@ -2,7 +2,8 @@
 
   init_state, begin_experience, end_experience   the strategy's, as one program each
   train_epoch                                    one epoch of steps in `lax.scan` (shuffling, augmentation
-                                                 and the step inside jit)
+                                                 and the step inside jit), or one call of an experience
+                                                 of `train.iterations` steps
   eval_context, evaluate, evaluate_without_task_id
                                                  the test set of one experience, in fixed batches
 
@@ -68,20 +69,31 @@ def end_experience(state, images, labels, tasks, num_valid, key, task_id, *, str
     return over_seeds(end, seed_axis)(state, images, labels, tasks, num_valid, key)
 
 
-@partial(jax.jit, static_argnames=("strategy", "spec", "batch_size", "first", "mesh", "seed_axis"), donate_argnums=(0,))
-def train_epoch(state, images, labels, tasks, num_valid, task_id, key, *, strategy, spec, batch_size, first, mesh,
-                seed_axis):
-    """One epoch of `strategy.train_step` over a random permutation of the experience.
+@partial(jax.jit, static_argnames=("strategy", "spec", "batch_size", "first", "mesh", "seed_axis", "iterations",
+                                   "sweeps"), donate_argnums=(0,))
+def train_epoch(state, images, labels, tasks, num_valid, task_id, key, experience_key=None, call=0, *, strategy, spec,
+                batch_size, first, mesh, seed_axis, iterations=0, sweeps=0):
+    """One epoch of `strategy.train_step` over a random permutation of the experience; or, with
+    `iterations` > 0, call `call` of an experience of that many steps of full batches
+    (`data.iteration_indices`: permutations one after another, keyed by `experience_key`; `sweeps` its
+    static bound).
 
     images uint8 [N_pad, H, W, C], labels int32 [N_pad], tasks int32 [N_pad] (each sample's task id,
-    batch['task']), num_valid: the real samples (first ones).
+    batch['task']), num_valid: the real samples (first ones); key: this call's (its steps' keys and
+    an epoch's permutation).
     Returns (state, per-step metrics with a leading [S] axis, S = ⌈N_pad / B⌉; steps whose batch
-    is pure padding are skipped and report zeros). With a `seed_axis`, state, images, labels, tasks,
-    num_valid, key and the results have a leading seed axis in front.
+    is pure padding, or after the experience's last iteration, are skipped and report zeros). With a
+    `seed_axis`, state, images, labels, tasks, num_valid, key, experience_key and the results have a
+    leading seed axis in front.
     """
-    def epoch(state, images, labels, tasks, num_valid, key):
+    def epoch(state, images, labels, tasks, num_valid, key, experience_key):
         k_perm, k_steps = jax.random.split(key)
-        idx, mask = data.epoch_indices(k_perm, images.shape[0], batch_size, num_valid=num_valid)
+        if iterations:
+            idx, mask = data.iteration_indices(experience_key, call, images.shape[0], batch_size,
+                                               data.num_batches(images.shape[0], batch_size), iterations, num_valid,
+                                               sweeps)
+        else:
+            idx, mask = data.epoch_indices(k_perm, images.shape[0], batch_size, num_valid=num_valid)
 
         def step(state, inputs):
             idx_s, mask_s, key_s = inputs
@@ -96,7 +108,7 @@ def train_epoch(state, images, labels, tasks, num_valid, task_id, key, *, strate
 
         return jax.lax.scan(step, state, (idx, mask, jax.random.split(k_steps, idx.shape[0])))
 
-    return over_seeds(epoch, seed_axis)(state, images, labels, tasks, num_valid, key)
+    return over_seeds(epoch, seed_axis)(state, images, labels, tasks, num_valid, key, experience_key)
 
 
 def _sum_over_test_set(count, init, images, labels, num_valid, key, *, spec, batch_size, mesh):

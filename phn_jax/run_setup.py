@@ -99,7 +99,27 @@ class Setup:
 
     @property
     def epochs(self) -> int:
-        return self.config.train.epochs
+        """Program calls per experience: train.epochs; with train.iterations = I > 0, ⌈I / S⌉ calls of
+        S = ⌈N_pad / B⌉ steps (the last one's steps after the I-th skipped)."""
+        if not self.iterations:
+            return self.config.train.epochs
+        return -(-self.iterations // data.num_batches(_padded_train_size(self.streams, self.cumulative),
+                                                      self.config.train.batch_size))
+
+    @property
+    def iterations(self) -> int:
+        """train.iterations: steps per experience of full batches across epochs (0: whole epochs)."""
+        return self.config.train.iterations
+
+    @property
+    def sweeps(self) -> int:
+        """With train.iterations, the most permutations of an experience one call touches
+        (`data.sweeps_per_call`, from the smallest experience); 0 for whole epochs."""
+        if not self.iterations:
+            return 0
+        smallest = min(e.train_labels.shape[0] for stream in self.streams for e in stream.experiences)
+        steps = data.num_batches(_padded_train_size(self.streams, self.cumulative), self.config.train.batch_size)
+        return data.sweeps_per_call(steps, self.config.train.batch_size, smallest)
 
     def key(self) -> jax.Array:
         """The run's key `jax.random.key(seed)`; each seed's, stacked [S], for a multi-seed run."""
@@ -194,12 +214,18 @@ def test_sets(streams, mesh: Mesh, stacked: bool) -> list:
     return tests
 
 
+def _padded_train_size(streams, cumulative: bool) -> int:
+    """N_pad of every experience's training arrays: the largest experience of the `streams` (each
+    seed's), or for a cumulative strategy the union of all."""
+    sizes = [[e.train_labels.shape[0] for e in stream.experiences] for stream in streams]
+    return max(map(sum, sizes)) if cumulative else max(map(max, sizes))
+
+
 def train_arrays(streams, t: int, cumulative: bool, mesh: Mesh, stacked: bool):
     """Experience t's training arrays (images, labels, tasks, num_valid), padded to the largest
     experience of the `streams` (each seed's; a cumulative strategy: to the union of all), replicated
     on the mesh; each seed's, stacked, for a multi-seed run; and their input pipeline."""
-    sizes = [[e.train_labels.shape[0] for e in stream.experiences] for stream in streams]
-    n_train = max(map(sum, sizes)) if cumulative else max(map(max, sizes))
+    n_train = _padded_train_size(streams, cumulative)
     sets = [_training_set(stream, t, cumulative) for stream in streams]
     images, labels, tasks = stack_seeds([tuple(_pad(a, n_train) for a in arrays[:3]) for arrays in sets], stacked)
     n_valid = stack_seeds([labels.shape[0] for _, labels, _, _ in sets], stacked)

@@ -103,11 +103,11 @@ def entry(runs: str | Path, stream: str, method: Method, seeds: tuple[int, ...],
         subdir = f"{subdir}/{pair[0]}_to_{pair[1]}"
     if quick:
         config.model.update(nf=8, blocks_per_stage=(1, 1, 1, 1))
-        config.train.epochs = QUICK_EPOCHS
+        config.train.update(epochs=QUICK_EPOCHS, iterations=0)
         if stream == "transfer":
             config.data.image_size = 16
-    if epochs is not None:
-        config.train.epochs = epochs
+    if epochs is not None:  # (in place of a config's iterations)
+        config.train.update(epochs=epochs, iterations=0)
     if len(seeds) == 1:
         config.seed = seeds[0]
         name = f"{method.name()}_seed{seeds[0]}"

@@ -16,7 +16,9 @@ experience, the stop requests (SIGTERM/SIGINT) and the results files.
 
 For each experience t: `strategy.begin_experience`; `config.train.epochs` epochs, each one jitted
 call that runs all of the epoch's batches on the device (`lax.scan`; shuffling, augmentation
-and the step inside jit, explicit keys); `strategy.end_experience`; evaluation of every
+and the step inside jit, explicit keys), or with `config.train.iterations` = I that many steps of
+full batches drawn across epochs (von Oswald et al.'s loop), in ⌈I / S⌉ calls of an epoch's S
+steps (`Setup.epochs`; "epoch" below is such a call); `strategy.end_experience`; evaluation of every
 experience seen so far with its task id (weights of all tasks generated at once), filling row t
 of the accuracy matrix R (with `eval.task_inference`, for a strategy that can, also rows of the
 matrices without task ids: the task inferred, e.g. by predictive entropy,
@@ -165,7 +167,7 @@ def run_stream(s: Setup, state, progress: list[Progress], ckpt: Checkpointer, lo
         if progress[0].epoch == 0:  # (a checkpoint inside the experience holds the state after it)
             state = runtime.replicate(programs.begin_experience(state, t, **on), s.mesh)
         epoch = partial(programs.train_epoch, **on, spec=spec, batch_size=s.config.train.batch_size, first=s.first(t),
-                        mesh=s.mesh)
+                        mesh=s.mesh, iterations=s.iterations, sweeps=s.sweeps)
         with _device_memory("train.batch_size", s.config.train.batch_size, "training"):
             state = train_epochs(epoch, state, progress, arrays, k_train, ckpt, epochs=s.epochs, seeds=seeds,
                                  label=f"experience {t + 1}/{s.num_experiences}", show=s.config.train.progress)
@@ -202,7 +204,7 @@ def train_epochs(epoch_program, state, progress: list[Progress], arrays, k_train
                disable=not show, leave=False)
     for epoch in bar:
         tic = time.perf_counter()
-        state, step_metrics = epoch_program(state, *arrays, t, fold_in(k_train, epoch))
+        state, step_metrics = epoch_program(state, *arrays, t, fold_in(k_train, epoch), k_train, epoch)
         step_metrics = jax.device_get(step_metrics)  # waits for the epoch: its time is real
         seconds = time.perf_counter() - tic
         rows = [epoch_row(t, epoch, m, seconds / len(progress)) for m in unstack_seeds(step_metrics, seeds)]

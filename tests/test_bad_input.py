@@ -29,6 +29,9 @@ BAD = [
     ("--config.strategy.freeze_depth=2.5", "--config.strategy.freeze_depth=2.5: invalid literal for int()"),
     ("--config.train.epochs=0", "train.epochs=0 must be an integer ≥ 1"),
     ("--config.train.epochs=-1", "train.epochs=-1 must be an integer ≥ 1"),
+    ("--config.train.iterations=-1", "train.iterations=-1 must be an integer ≥ 0"),
+    ("--config.train.iterations=50", "train.epochs=5 and train.iterations=50 both give the length of an experience: "
+     "set train.epochs=0"),
     ("--config.train.batch_size=0", "train.batch_size=0 must be an integer ≥ 1"),
     ("--config.train.eval_batch_size=0", "train.eval_batch_size=0 must be an integer ≥ 1"),
     ("--config.train.batch_size=100", "train.batch_size=100 is larger than the smallest experience"),

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from phn_jax.data import Preprocess, epoch_indices, eval_indices, preprocess
+from phn_jax.data import Preprocess, epoch_indices, eval_indices, iteration_indices, preprocess, sweeps_per_call
 from phn_jax.data import transforms as T
 
 # One compiled function per (spec, train, shape), shared by every test of this module.
@@ -176,3 +176,36 @@ def test_eval_indices_keep_storage_order():
     idx, mask = eval_indices(10, 4)
     np.testing.assert_array_equal(idx[mask], np.arange(10))
     assert idx.shape == (3, 4) and mask.sum() == 10 and not mask[-1, 2:].any()
+
+
+ITER = jax.jit(iteration_indices, static_argnames=("num_examples", "batch_size", "steps", "iterations", "sweeps"))
+
+
+def _iterations(steps: int, sweeps: int, *, n=21, size=24, batch=4, iterations=20):
+    """The rows of every call of an experience of `iterations` steps, `steps` a call: idx, mask [calls·steps, B]."""
+    calls = -(-iterations // steps)
+    out = [ITER(jax.random.key(3), c, size, batch, steps, iterations, n, sweeps) for c in range(calls)]
+    return np.concatenate([np.asarray(i) for i, _ in out]), np.concatenate([np.asarray(m) for _, m in out])
+
+
+def test_iterations_draw_full_batches_from_one_reshuffled_sweep_after_another():
+    """train.iterations (von Oswald et al.'s loop): 20 steps of 4 from 21 real samples (24 with padding),
+    6 steps a call: every step's batch full, the 80 draws three whole permutations of the 21 and the
+    start of a fourth (batch 6 takes the last of the first sweep and the first three of the second:
+    hypercl's generator goes on into the next sweep), the sweeps shuffled apart, no padding drawn;
+    the 4 steps after the 20th masked out whole. The same draws however the steps are cut into calls
+    (3 a call), and with more permutations prepared than a call can touch."""
+    steps, batch, n = 6, 4, 21
+    idx, mask = _iterations(steps, sweeps_per_call(steps, batch, n))
+    assert idx.shape == (24, 4) and mask[:20].all() and not mask[20:].any()
+    draws = idx[:20].ravel()
+    sweeps = [draws[k * n:(k + 1) * n] for k in range(3)]
+    for sweep in sweeps:
+        np.testing.assert_array_equal(np.sort(sweep), np.arange(n))
+    rest = draws[3 * n:]
+    assert len(rest) == 17 and len(set(rest.tolist())) == 17 and rest.max() < n
+    assert not np.array_equal(sweeps[0], sweeps[1]) and not np.array_equal(sweeps[1], sweeps[2])
+    np.testing.assert_array_equal(idx[5], [sweeps[0][20], *sweeps[1][:3]])
+    assert sweeps_per_call(3, batch, n) == 2 and sweeps_per_call(steps, batch, n) == 3
+    np.testing.assert_array_equal(_iterations(3, sweeps_per_call(3, batch, n))[0][:20], idx[:20])
+    np.testing.assert_array_equal(_iterations(steps, 5)[0], idx)

@@ -1,6 +1,6 @@
 """von Oswald et al.'s PermutedMNIST-10 and SplitMNIST configs: they build the MLP target and chunked
 hypernetwork they describe (no data needed), refuse a frozen part, and `make permuted-mnist` /
-`make split-mnist` run them with k = 0 and their epochs (under tfds' mock MNIST in the system test)."""
+`make split-mnist` run them with k = 0 and their iterations (under tfds' mock MNIST in the system test)."""
 import json
 import os
 import shlex
@@ -78,9 +78,9 @@ def test_mlp_config_errors_say_what_to_do(overrides, message, advice):
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
-@pytest.mark.parametrize("target, config, epochs", [("permuted-mnist", "permuted_mnist", 11),
-                                                    ("split-mnist", "split_mnist", 21)])
-def test_make_targets(target, config, epochs):
+@pytest.mark.parametrize("target, config, iterations", [("permuted-mnist", "permuted_mnist", 5000),
+                                                        ("split-mnist", "split_mnist", 2000)])
+def test_make_targets(target, config, iterations):
     def command(*variables):
         # Under `make test` the outer make's MAKEFLAGS/MAKELEVEL would add "Entering directory" lines. The run's
         # command is the last line (make -n prints the install's lines before it where .venv is not installed).
@@ -91,9 +91,14 @@ def test_make_targets(target, config, epochs):
 
     cmd = command()
     assert f"--config experiments/configs/{config}.py" in cmd and f"--workdir runs/{config}/hn0_first_seed0" in cmd
-    assert "--config.strategy.freeze_depth=0" in cmd and f"--config.train.epochs={epochs}" in cmd
+    assert "--config.strategy.freeze_depth=0" in cmd and "--config.train.epochs=0" in cmd
+    assert f"--config.train.iterations={iterations}" in cmd
     cmd = command("FREEZE=2", "EPOCHS=3", "ORDER=second", "SEED=4")
-    assert "--config.strategy.freeze_depth=2" in cmd and "--config.train.epochs=3" in cmd
+    assert "--config.strategy.freeze_depth=2" in cmd and "--config.train.epochs=3 --config.train.iterations=0" in cmd
+    assert "--config.train.epochs=0 --config.train.iterations=70" in command("ITERATIONS=70")
+    with pytest.raises(subprocess.CalledProcessError) as both:
+        command("EPOCHS=3", "ITERATIONS=70")
+    assert "give EPOCHS=3 or ITERATIONS=70, not both" in both.value.stderr
     assert "--config.strategy.order=second" in cmd and f"runs/{config}/hn2_second_seed4" in cmd
 
 
@@ -103,14 +108,14 @@ def test_make_targets(target, config, epochs):
                                                                  ("split-mnist", "split_mnist", 5, 2, (28, 28, 1))])
 def test_make_target_runs_under_mock_data(target, name, tasks, classes, shape, tmp_path):
     """`make permuted-mnist` / `make split-mnist`'s command line (make -n), its MLP target shrunk to
-    8-8 hidden units, 1 epoch (and 2 permutations), run under tfds' mock MNIST."""
+    8-8 hidden units, 10 iterations (and 2 permutations), run under tfds' mock MNIST."""
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
     line = subprocess.run(["make", "-n", "--no-print-directory", target], cwd=ROOT,
                           capture_output=True, text=True, check=True, env=env).stdout.strip().splitlines()[-1]
     args = shlex.split(line.split("-m phn_jax.main", 1)[1])
     args[args.index("--workdir") + 1] = str(tmp_path / "run")
     # batch 8: mock SplitMNIST's smallest experience has 9 training samples
-    args += ["--config.model.hidden_dims=8,8", "--config.train.epochs=1", "--config.train.batch_size=8",
+    args += ["--config.model.hidden_dims=8,8", "--config.train.iterations=10", "--config.train.batch_size=8",
              "--config.train.eval_batch_size=32", "--config.train.progress=False"]
     if name == "permuted_mnist":
         args.append(f"--config.data.num_experiences={tasks}")
@@ -135,3 +140,24 @@ def test_make_target_runs_under_mock_data(target, name, tasks, classes, shape, t
     chunks = -(-generated // chunk)
     want = tasks * e + (e + c) * h1 + h1 + h1 * h2 + h2 + h2 * chunk + chunk + chunks * c
     assert summary["memory"]["hypernetwork_params"] == want
+
+
+def test_iterations_train_that_many_steps_of_full_batches(tmp_path):
+    """train.iterations = 7 (the configs' 5,000 / 2,000 shrunk) on 2 experiences of 48 samples in batches of 20:
+    each experience runs as ⌈7 / 3⌉ = 3 calls of ⌈48 / 20⌉ = 3 steps, and Adam, fresh at every experience, has
+    made exactly 7 updates at the end of the last one (the 2 steps after the 7th skipped; which samples each
+    batch draws: tests/test_data_transforms.py)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from runs import final_state, tiny_config
+
+    from phn_jax import train
+
+    mlp = {"model.arch": "mlp", "model.hidden_dims": (8,), "strategy.freeze_depth": 0, "data.normalize": False,
+           "hnet.kind": "chunked", "hnet.chunk_dim": 256, "hnet.hidden_dims": (6,), "hnet.embedding_dim": 4,
+           "hnet.chunk_embedding_dim": 4, "eval.task_inference": False}
+    config = tiny_config(**mlp, **{"train.epochs": 0, "train.iterations": 7, "train.batch_size": 20,
+                                   "data.num_experiences": 2})
+    train.train_and_evaluate(config, tmp_path)
+    rows = [line.split(",") for line in (tmp_path / "train_history.csv").read_text().splitlines()[1:]]
+    assert [(int(r[0]), int(r[1])) for r in rows] == [(t, e) for t in range(2) for e in range(3)]
+    assert int(final_state(tmp_path)["opt"]["psi"][0]["count"]) == 7

@@ -213,7 +213,7 @@ def test_von_oswald_table_of_mlp_runs(tmp_path):
     report.write_config(tmp_path / "other", other)
     report.write_metrics(tmp_path / "other", metrics.summarize(np.array([[0.5, NAN], [0.5, 0.5]]), [60.0, 60.0], {}))
     text = paper.report_markdown(tmp_path)
-    assert "strategy.beta=0.5 (the paper's 0.1)" in text and "train.epochs=100 (the paper's 11)" in text
+    assert "strategy.beta=0.5 (the paper's 0.1)" in text and "train.iterations=0 (the paper's 5000)" in text
     assert "## von Oswald et al. (ICLR 2020), Table 1" in text
     # learning accuracy (0.99 + acc) / 2: 98.0 and 99.0; forgetting 0.99 − 0.98 = 1.0 in both seeds;
     # HNET+ENT after the last task (0.9 + 0.8) / 2, during (each right after it was learned) (0.99 + 0.8) / 2

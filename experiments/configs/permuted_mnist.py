@@ -1,7 +1,7 @@
 """PermutedMNIST-10 (von Oswald et al., ICLR 2020): 10 experiences of the 10 MNIST digits, each with
 its own fixed pixel permutation (the first the identity), MNIST zero-padded to 32×32.
-`make permuted-mnist` (k = 0 and 11 epochs unless EPOCHS= says otherwise; the MLP has no frozen
-part, so FREEZE= other than 0 is a config error).
+`make permuted-mnist` (k = 0 and 5,000 iterations a task, or EPOCHS= whole epochs; the MLP has no
+frozen part, so FREEZE= other than 0 is a config error).
 
 Theirs, and ours with it: the settings of the reference implementation (github.com/chrhenning/hypercl),
 each with the file that sets it:
@@ -27,7 +27,10 @@ each with the file that sets it:
   - β = 0.1 for the output regulariser (`class_beta`, `_set_default_permuted`; the argparse default
     0.01 is overridden), averaged over the previous tasks as ours
   - Adam, lr 1e-4, batch 128, 5,000 iterations per task (`class_lr`, `batch_size`, `n_iter`,
-    `_set_default_permuted`): 5,000·128 / 60,000 ≈ 10.7 epochs, so 11
+    `_set_default_permuted`), full batches drawn across epochs from one reshuffled sweep after
+    another (data/dataset.py `Dataset._get_random_batch`): `train.iterations=5000` (5,000·128 / 60,000
+    ≈ 10.7 epochs; the engine runs them as 11 calls of 469 steps, the last one's after the 5,000th
+    skipped)
   - look-ahead with the optimizer's (Adam's) virtual step (`use_sgd_change` off), first order
     (`backprop_dt` off) (mnist/replay/train_args_replay.py), ε added to the uncorrected √v as their
     utils/optim_step.py `adam_step` does: `strategy.lookahead_step='hypercl'`
@@ -46,7 +49,7 @@ from phn_jax.config import base_config, von_oswald_hnet, von_oswald_replay
 def get_config():
     c = base_config("permuted_mnist")
     c.model.num_classes = 10
-    c = von_oswald_hnet(c, beta=0.1, lr=1e-4, epochs=11, mlp=(1000, 1000), image_size=32, embedding_dim=24,
+    c = von_oswald_hnet(c, beta=0.1, lr=1e-4, iterations=5000, mlp=(1000, 1000), image_size=32, embedding_dim=24,
                         chunk_embedding_dim=8, hidden_dims=(25, 25), activation="elu", chunk_dim=78_000)
     return von_oswald_replay(c, encoder_dims=(1000, 1000), decoder_dims_tir=(1000, 1000), decoder_dims_replay=(400, 400),
                              lr=1e-4, beta=0.1, embedding_dim=24, chunk_embedding_dim=8, hidden_dims=(25, 25),

@@ -1,5 +1,5 @@
 """SplitMNIST (von Oswald et al., ICLR 2020): 5 experiences of 2 MNIST digits, 0/1, 2/3, 4/5, 6/7,
-8/9, as 28×28 images. `make split-mnist` (k = 0 and 21 epochs unless EPOCHS= says otherwise; the
+8/9, as 28×28 images. `make split-mnist` (k = 0 and 2,000 iterations a task, or EPOCHS= whole epochs; the
 MLP has no frozen part, so FREEZE= other than 0 is a config error).
 
 Theirs, and ours with it: the settings of the reference implementation (github.com/chrhenning/hypercl),
@@ -25,7 +25,10 @@ each with the file that sets it:
   - β = 0.01 for the output regulariser (`class_beta`, `_set_default_split`), averaged over the
     previous tasks as ours
   - Adam, lr 1e-3, batch 128, 2,000 iterations per task (`class_lr`, `batch_size`, `n_iter`,
-    `_set_default_split`): 2,000·128 / ≈12,000 samples per task ≈ 21 epochs
+    `_set_default_split`), full batches drawn across epochs from one reshuffled sweep after another
+    (data/dataset.py `Dataset._get_random_batch`): `train.iterations=2000` (2,000·128 / ≈12,000 samples
+    per task ≈ 21 epochs; the engine runs them as 21 calls of 99 steps, 99 = ⌈12,665 / 128⌉ for the
+    largest task, the last call's after the 2,000th skipped)
   - look-ahead with the optimizer's (Adam's) virtual step, first order (mnist/replay/train_args_replay.py),
     ε added to the uncorrected √v as their utils/optim_step.py `adam_step` does:
     `strategy.lookahead_step='hypercl'`
@@ -44,7 +47,7 @@ def get_config():
     c = base_config("split_mnist")
     c.data.class_order = list(range(10))
     c.model.num_classes = 2
-    c = von_oswald_hnet(c, beta=0.01, lr=1e-3, epochs=21, mlp=(400, 400), image_size=28, embedding_dim=96,
+    c = von_oswald_hnet(c, beta=0.01, lr=1e-3, iterations=2000, mlp=(400, 400), image_size=28, embedding_dim=96,
                         chunk_embedding_dim=96, hidden_dims=(10, 10), activation="relu", chunk_dim=42_000)
     return von_oswald_replay(c, encoder_dims=(400, 400), decoder_dims_tir=(50, 150), decoder_dims_replay=(250, 350),
                              lr=1e-3, beta=0.01, embedding_dim=96, chunk_embedding_dim=96, hidden_dims=(10, 10),

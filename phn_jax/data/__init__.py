@@ -6,7 +6,7 @@
   x = preprocess(exp.preprocess, key, images[idx[s]], train=True)   # inside jax.jit
 """
 
-from phn_jax.data.batching import epoch_indices, eval_indices, num_batches
+from phn_jax.data.batching import epoch_indices, eval_indices, iteration_indices, num_batches, sweeps_per_call
 from phn_jax.data.streams import (
     STREAMS,
     Experience,
@@ -30,7 +30,9 @@ __all__ = [
     "default_data_config",
     "epoch_indices",
     "eval_indices",
+    "iteration_indices",
     "num_batches",
     "preprocess",
     "seeded_class_order",
+    "sweeps_per_call",
 ]
