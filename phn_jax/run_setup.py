@@ -103,8 +103,12 @@ class Setup:
         S = ⌈N_pad / B⌉ steps (the last one's steps after the I-th skipped)."""
         if not self.iterations:
             return self.config.train.epochs
-        return -(-self.iterations // data.num_batches(_padded_train_size(self.streams, self.cumulative),
-                                                      self.config.train.batch_size))
+        return -(-self.iterations // self.steps_per_call)
+
+    @property
+    def steps_per_call(self) -> int:
+        """S = ⌈N_pad / B⌉: the steps of one call of `programs.train_epoch` (N_pad: `train_arrays`' size)."""
+        return data.num_batches(_padded_train_size(self.streams, self.cumulative), self.config.train.batch_size)
 
     @property
     def iterations(self) -> int:
@@ -117,9 +121,8 @@ class Setup:
         (`data.sweeps_per_call`, from the smallest experience); 0 for whole epochs."""
         if not self.iterations:
             return 0
-        smallest = min(e.train_labels.shape[0] for stream in self.streams for e in stream.experiences)
-        steps = data.num_batches(_padded_train_size(self.streams, self.cumulative), self.config.train.batch_size)
-        return data.sweeps_per_call(steps, self.config.train.batch_size, smallest)
+        smallest = _smallest_experience(self.streams)
+        return data.sweeps_per_call(self.steps_per_call, self.config.train.batch_size, smallest)
 
     def key(self) -> jax.Array:
         """The run's key `jax.random.key(seed)`; each seed's, stacked [S], for a multi-seed run."""
@@ -150,7 +153,7 @@ def setup(config) -> Setup:
             raise ConfigError(f"the seeds {tuple(config.seeds)} give experience {t + 1} different input pipelines "
                               "(datasets); they cannot share one program: run them one by one with --config.seed=")
     mesh = runtime.make_mesh(config.train.num_devices)
-    smallest = min(e.train_labels.shape[0] for stream in streams for e in stream.experiences)
+    smallest = _smallest_experience(streams)
     problems = [f"train.{name}={config.train[name]} is not a multiple of the {mesh.size} devices (each device "
                 "takes an equal share of a batch)" for name in ("batch_size", "eval_batch_size")
                 if config.train[name] % mesh.size]
@@ -212,6 +215,11 @@ def test_sets(streams, mesh: Mesh, stacked: bool) -> list:
         x, y = stack_seeds([(_pad(e.test_images, n_test), _pad(e.test_labels, n_test)) for e in exps], stacked)
         tests.append((*runtime.replicate((x, y), mesh), stack_seeds([e.test_labels.shape[0] for e in exps], stacked)))
     return tests
+
+
+def _smallest_experience(streams) -> int:
+    """The fewest training samples of any experience of the `streams` (each seed's)."""
+    return min(e.train_labels.shape[0] for stream in streams for e in stream.experiences)
 
 
 def _padded_train_size(streams, cumulative: bool) -> int:
