@@ -2,7 +2,7 @@
 weights on the same batches, in float64.
 
     JAX_ENABLE_X64=1 .venv/bin/python experiments/compare_hypercl.py --hypercl ~/hypercl \\
-        [--stream permuted_mnist|split_mnist] [--tasks 3] [--steps 5] [--lookahead_step hypercl]
+        [--stream permuted_mnist|split_mnist] [--tasks 3] [--steps 5] [--lookahead_step hypercl] [--float32]
 
 hypercl (github.com/chrhenning/hypercl) is imported from --hypercl and its classifier is trained by
 its own `mnist/train_splitMNIST.py train_class_one_t` (the function `train_permutedMNIST.py` and
@@ -14,11 +14,16 @@ embeddings) and takes the same steps with `HN.train_step`. After every task it p
 ‖ψ_ours − ψ_theirs‖ / ‖ψ_theirs − ψ_before‖ (how far apart the two are, relative to how far the task's
 steps moved ψ), then both continue from theirs. Needs PyTorch and hypercl's requirements importable
 (e.g. `--site-packages` of the environment hypercl runs in; it is appended to sys.path, after ours).
+With --float32 it then also computes, at hypercl's initial weights, the task loss's gradient for each
+task's first batch in float32 and in float64, ours and theirs, and prints each one's float32 error
+‖g32 − g64‖ / ‖g64‖ (the precision of the step's first half; the regulariser's, the second, is
+tests/test_hypernetwork.py's `test_chunked_distances_in_float32_against_float64_near_the_targets`).
 Not a test: CI has neither PyTorch nor hypercl. docs/mnist.md has the figures.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import types
@@ -50,6 +55,8 @@ def main(argv=None):
     p.add_argument("--tasks", type=int, default=3)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--lookahead_step", default=None, help="override our config's strategy.lookahead_step")
+    p.add_argument("--float32", action="store_true", help="also the task loss's gradient in float32 against "
+                   "float64, ours and theirs, at hypercl's initial weights")
     args = p.parse_args(argv)
     if args.site_packages:
         sys.path.append(args.site_packages)
@@ -123,6 +130,7 @@ def main(argv=None):
     hn = create_strategy(c, types.SimpleNamespace(num_experiences=args.tasks, classes_per_experience=classes,
                                                   image_shape=(side, side, 1)))
     state = hn.init(jax.random.key(0))
+    initial, initial_hnet = theirs(), copy.deepcopy(hnet)
     shapes = lambda tree: jax.tree_util.tree_map(np.shape, tree)
     if shapes(state["psi"]) != shapes(theirs()):
         raise SystemExit(f"hypercl's θ does not map onto our ψ: {shapes(theirs())} against {shapes(state['psi'])}")
@@ -142,6 +150,55 @@ def main(argv=None):
                "rel_to_psi": _relative(ours, end, end),
                "rel_to_update_output_layer": _relative(ours["output"], end["output"], moved["output"]),
                "loss": float(metrics["loss"]), "reg": float(metrics["reg"])}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    if args.float32:
+        rows += _float32_gradients(hn, initial, initial_hnet, mnet, batches, classes, side)
+    return rows
+
+
+def _float32_gradients(hn, psi, hnet, mnet, batches, classes, side):
+    """‖g32 − g64‖ / ‖g64‖ of the task loss's gradient (θ and the task's embedding; ours in hypercl's
+    order) at `psi` = hypercl's weights `hnet`, on each task's first batch."""
+    import jax
+    import jax.numpy as jnp
+    import torch
+    from phn_jax.strategies.base import masked_cross_entropy
+    hnets = {torch.float64: hnet, torch.float32: copy.deepcopy(hnet).float()}
+
+    def theirs(x, y, t, dtype):
+        h = hnets[dtype]
+        torch.set_default_dtype(dtype)
+        h.zero_grad()
+        logits = mnet.forward(torch.from_numpy(x).to(dtype), h.forward(t))[:, t * classes:(t + 1) * classes]
+        torch.nn.functional.cross_entropy(logits, torch.from_numpy(y)).backward()
+        torch.set_default_dtype(torch.float64)
+        return np.concatenate([q.grad.numpy().astype(np.float64).ravel() for q in h.theta]
+                              + [h.get_task_emb(t).grad.numpy().astype(np.float64).ravel()])
+
+    def ours(x, y, t, dtype):
+        mask = jnp.ones(len(y), bool)
+
+        def ce(p):
+            logits, _ = hn.model.logits({}, p, jnp.asarray(x.reshape(-1, side, side, 1), dtype), t, train=True,
+                                        stats=None, freeze=False, mask=mask)
+            return masked_cross_entropy(logits, jnp.asarray(y), mask)
+        g = jax.grad(ce)(jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), psi))
+        flat = lambda a: np.asarray(a, np.float64).T.ravel()  # our kernels [in, out] -> hypercl's [out, in]
+        return np.concatenate([np.asarray(g["chunk_embeddings"], np.float64).ravel()]
+                              + [flat(a) for layer in g["mlp"] + [g["output"]] for a in (layer["kernel"], layer["bias"])]
+                              + [flat(g["embeddings"][t])])
+
+    rows = []
+    for t, task in enumerate(batches):
+        x, y = task[0]
+        g = {(who, d): f(x, y, t, d) for who, f in (("ours", ours), ("theirs", theirs))
+             for d in ((jnp.float32, jnp.float64) if who == "ours" else (torch.float32, torch.float64))}
+        ref = g[("theirs", torch.float64)]
+        err = lambda a, b: float(np.linalg.norm(a - b) / np.linalg.norm(b))
+        row = {"task": t, "float32_gradient_error_ours": err(g[("ours", jnp.float32)], g[("ours", jnp.float64)]),
+               "float32_gradient_error_theirs": err(g[("theirs", torch.float32)], ref),
+               "float64_ours_vs_theirs": err(g[("ours", jnp.float64)], ref)}
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows
