@@ -355,7 +355,9 @@ def test_verify_checks_every_checkpoint_and_changes_nothing(hn_run, tmp_path):
                      "bytes changed on disk)"
     assert sorted((p, p.stat().st_mtime_ns) for p in run.rglob("*")) == before
     newest = _array_files(run, steps[1])[0]
-    newest.write_bytes(newest.read_bytes()[:-1] + b"\0")
+    data = bytearray(newest.read_bytes())
+    data[-1] ^= 0xFF  # a changed last byte (writing a 0 there changed nothing where it already was 0)
+    newest.write_bytes(bytes(data))
     with pytest.raises(checkpoint.CheckpointError, match=f"checkpoint .*{steps[1]} is damaged: its file .* does not "
                                                          "match its checksum.*make verify"):
         rundir.load_frozen_part(run, 2)
