@@ -132,8 +132,8 @@ def main(argv=None):
     state = hn.init(jax.random.key(0))
     initial, initial_hnet = theirs(), copy.deepcopy(hnet)
     shapes = lambda tree: jax.tree_util.tree_map(np.shape, tree)
-    if shapes(state["psi"]) != shapes(theirs()):
-        raise SystemExit(f"hypercl's θ does not map onto our ψ: {shapes(theirs())} against {shapes(state['psi'])}")
+    if shapes(state["psi"]) != shapes(initial):
+        raise SystemExit(f"hypercl's θ does not map onto our ψ: {shapes(initial)} against {shapes(state['psi'])}")
     step = jax.jit(hn.train_step, static_argnums=4)
     rows = []
     for t in range(args.tasks):
@@ -166,7 +166,7 @@ def _float32_gradients(hn, psi, hnet, mnet, batches, classes, side):
     from phn_jax.strategies.base import masked_cross_entropy
     hnets = {torch.float64: hnet, torch.float32: copy.deepcopy(hnet).float()}
 
-    def theirs(x, y, t, dtype):
+    def their_gradient(x, y, t, dtype):
         h = hnets[dtype]
         torch.set_default_dtype(dtype)
         h.zero_grad()
@@ -176,7 +176,7 @@ def _float32_gradients(hn, psi, hnet, mnet, batches, classes, side):
         return np.concatenate([q.grad.numpy().astype(np.float64).ravel() for q in h.theta]
                               + [h.get_task_emb(t).grad.numpy().astype(np.float64).ravel()])
 
-    def ours(x, y, t, dtype):
+    def our_gradient(x, y, t, dtype):
         mask = jnp.ones(len(y), bool)
 
         def ce(p):
@@ -192,7 +192,7 @@ def _float32_gradients(hn, psi, hnet, mnet, batches, classes, side):
     rows = []
     for t, task in enumerate(batches):
         x, y = task[0]
-        g = {(who, d): f(x, y, t, d) for who, f in (("ours", ours), ("theirs", theirs))
+        g = {(who, d): f(x, y, t, d) for who, f in (("ours", our_gradient), ("theirs", their_gradient))
              for d in ((jnp.float32, jnp.float64) if who == "ours" else (torch.float32, torch.float64))}
         ref = g[("theirs", torch.float64)]
         err = lambda a, b: float(np.linalg.norm(a - b) / np.linalg.norm(b))
