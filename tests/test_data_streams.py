@@ -209,6 +209,22 @@ def test_permuted_mnist_permutes_pixels_per_experience():
     assert not np.array_equal(other.experiences[3].train_images, stream.experiences[3].train_images)
 
 
+# hypercl's PermutedMNIST tasks 2, 3 and 10 (mnist/train_utils.py `_generate_tasks`, data_random_seed 42,
+# padding 2), the first eight entries of each permutation, printed by their code
+REFERENCE_PERMUTATIONS = {1: [525, 357, 444, 31, 618, 587, 447, 734], 2: [444, 473, 111, 904, 69, 324, 1011, 340],
+                          9: [997, 789, 568, 1020, 80, 339, 435, 929]}
+
+
+def test_permuted_mnist_draws_the_reference_tasks():
+    """Seed 42 gives hypercl's ten tasks: new pixel i of experience t is old (padded) pixel perm_t[i]."""
+    stream = _build("permuted_mnist", seed=42, image_size=32, channels=1)
+    flat0 = stream.experiences[0].train_images.reshape(MOCK_EXAMPLES, -1)
+    for t, head in REFERENCE_PERMUTATIONS.items():
+        flat = stream.experiences[t].train_images.reshape(MOCK_EXAMPLES, -1)
+        np.testing.assert_array_equal(flat[:, :8], flat0[:, head])
+        assert any(flat0[:, j].any() for j in head)  # (not all padding, which is zero everywhere)
+
+
 def test_split_digits_builds_offline():
     stream = build_stream(default_data_config("split_digits"))
     _check_class_split(stream, 5, 2, 10, (16, 16, 3))

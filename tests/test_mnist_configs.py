@@ -1,6 +1,7 @@
 """von Oswald et al.'s PermutedMNIST-10 and SplitMNIST configs: they build the MLP target and chunked
 hypernetwork they describe (no data needed), refuse a frozen part, and `make permuted-mnist` /
 `make split-mnist` run them with k = 0 and their iterations (under tfds' mock MNIST in the system test)."""
+import copy
 import json
 import os
 import shlex
@@ -14,7 +15,7 @@ import jax
 import pytest
 
 from phn_jax import models
-from phn_jax.config import ConfigError, check_config, load_config
+from phn_jax.config import ConfigError, check_config, load_config, seed_configs
 from phn_jax.hypernetwork import ChunkedHypernetwork
 from phn_jax.strategies import create_strategy
 
@@ -53,6 +54,12 @@ def test_config_builds_their_mlp_and_chunked_hn(name, tasks, classes, shape, hid
             "split_mnist": 784 * 400 + 400 + 400 * 400 + 400 + 400 * 10 + 10}[name]
     assert hnet.num_generated == want and all(h.kind == "chunk" for h in hnet.heads)
     assert hnet.num_chunks == -(-want // chunked["chunk_dim"])
+    # PermutedMNIST: hypercl's ten tasks (its data_random_seed 42) whatever the run's seed; SplitMNIST's fixed
+    # class order does not depend on it
+    several = copy.deepcopy(config)
+    several.seeds = (0, 3)
+    assert [(c.seed, c.data.seed) for c in seed_configs(several)] == {
+        "permuted_mnist": [(0, 42), (3, 42)], "split_mnist": [(0, 0), (3, 3)]}[name]
     # Table 6's comparison at k = 0: LR-0 stores 200 input images at 32 bit
     state = {"phi": jax.eval_shape(hn.model.init, jax.random.key(0))[0]}
     assert hn.memory(state)["replay_buffer_mb"] == 200 * shape[0] * shape[1] * 4 / 2**20

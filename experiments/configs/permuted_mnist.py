@@ -8,6 +8,10 @@ each with the file that sets it:
   - stream: PermutedMNIST-10, the first task unpermuted (mnist/train_utils.py `_generate_tasks`:
     permutations [None] + 9 random ones over (28+2·padding)² pixels); task-incremental (their CL
     scenario 1)
+  - the same ten tasks for every seed: the permutations are drawn by
+    `np.random.RandomState(42)` (`data_random_seed`, utils/cli_args.py), not by the run's seed,
+    which sets the initialisation and the batches only: `data.seed = 42` (`--config.data.seed=`
+    other tasks)
   - input: 28×28 zero-padded by 2 to 32×32 (`padding = 2`, mnist/train_args_default.py
     `_set_default_permuted`), one channel, flattened to 1,024 values (mnist/train_utils.py
     `generate_classifier`: n_in = (28+2·padding)²); pixels in [0, 1], no mean/std normalisation
@@ -49,6 +53,8 @@ from phn_jax.config import base_config, von_oswald_hnet, von_oswald_replay
 def get_config():
     c = base_config("permuted_mnist")
     c.model.num_classes = 10
+    del c.data["seed"]  # base_config ties it to c.seed; here it is hypercl's data_random_seed instead:
+    c.data.seed = 42    # its ten tasks, whatever the run's seed
     c = von_oswald_hnet(c, beta=0.1, lr=1e-4, iterations=5000, mlp=(1000, 1000), image_size=32, embedding_dim=24,
                         chunk_embedding_dim=8, hidden_dims=(25, 25), activation="elu", chunk_dim=78_000)
     return von_oswald_replay(c, encoder_dims=(1000, 1000), decoder_dims_tir=(1000, 1000), decoder_dims_replay=(400, 400),

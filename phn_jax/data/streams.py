@@ -370,13 +370,17 @@ def _split_mnist(config) -> Stream:
 
 
 def _permuted_mnist(config) -> Stream:
-    """Experience t: all of MNIST with the pixels (over H·W) permuted by permutation t."""
+    """Experience t: all of MNIST with the pixels (over H·W) permuted by permutation t.
+
+    The permutations are the reference's (hypercl mnist/train_utils.py `_generate_tasks`): drawn one
+    after another by `np.random.RandomState(seed).permutation(H·W)`, the first experience taking
+    none (the identity) unless `permute_first`; new pixel i of every image is old pixel perm[i]. So
+    `seed` 42 gives hypercl's tasks (its `data_random_seed`)."""
     (x_train, y_train), (x_test, y_test) = _mnist_arrays(config)
     num_pixels = config.image_size**2
-    rng = np.random.default_rng(config.seed)
-    permutations = [rng.permutation(num_pixels) for _ in range(config.num_experiences)]
-    if not config.permute_first:
-        permutations[0] = np.arange(num_pixels)
+    rng = np.random.RandomState(config.seed)
+    permutations = [np.arange(num_pixels)] if not config.permute_first else []
+    permutations += [rng.permutation(num_pixels) for _ in range(config.num_experiences - len(permutations))]
 
     def permute(x, perm):
         return x.reshape(x.shape[0], num_pixels, -1)[:, perm].reshape(x.shape)
