@@ -18,6 +18,12 @@ With --float32 it then also computes, at hypercl's initial weights, the task los
 task's first batch in float32 and in float64, ours and theirs, and prints each one's float32 error
 ‖g32 − g64‖ / ‖g64‖ (the precision of the step's first half; the regulariser's, the second, is
 tests/test_hypernetwork.py's `test_chunked_distances_in_float32_against_float64_near_the_targets`).
+With --data DIR (our tfds data directory, `make data DATASET=mnist`) it first compares the stream's
+data with hypercl's own handlers (mnist/train_utils.py `_generate_tasks`, reading the MNIST files in
+--hypercl_data, default <hypercl>/datasets): for each task, the training and test images as the
+network sees them (hypercl's `input_to_torch_tensor`: padding, permutation, /255) and the task's labels,
+as multisets of (image, label) pairs (the two store the samples in different orders; batches are drawn at
+random from either).
 Not a test: CI has neither PyTorch nor hypercl. docs/mnist.md has the figures.
 """
 from __future__ import annotations
@@ -57,6 +63,10 @@ def main(argv=None):
     p.add_argument("--lookahead_step", default=None, help="override our config's strategy.lookahead_step")
     p.add_argument("--float32", action="store_true", help="also the task loss's gradient in float32 against "
                    "float64, ours and theirs, at hypercl's initial weights")
+    p.add_argument("--data", default=None, help="our tfds data directory: first compare each task's images and "
+                   "labels with hypercl's data handlers'")
+    p.add_argument("--hypercl_data", default=None, help="where hypercl reads the MNIST files (default "
+                   "<hypercl>/datasets)")
     args = p.parse_args(argv)
     if args.site_packages:
         sys.path.append(args.site_packages)
@@ -75,6 +85,7 @@ def main(argv=None):
     from phn_jax.strategies import create_strategy
 
     mode, side, classes = STREAMS[args.stream]
+    data_rows = _same_data(args, mode) if args.data else []
     rng = np.random.default_rng(0)
     batches = [[(rng.random((BATCH, side * side)), rng.integers(0, classes, BATCH)) for _ in range(args.steps)]
                for _ in range(args.tasks)]
@@ -154,7 +165,42 @@ def main(argv=None):
         rows.append(row)
     if args.float32:
         rows += _float32_gradients(hn, initial, initial_hnet, mnet, batches, classes, side)
+    return data_rows + rows
+
+
+def _same_data(args, mode):
+    """Per task and split, whether our stream's (image, label) pairs equal hypercl's handlers' (as
+    multisets; the images as uint8 after padding and permutation, the labels within the task)."""
+    import torch
+    from mnist import train_args, train_utils
+    from mnist.train_args_default import _set_default
+    from phn_jax.config import load_config, seed_configs
+    from phn_jax.data import build_stream
+    config = _set_default(train_args.parse_cmd_arguments(mode=mode, argv=["--infer_task_id", "--cl_scenario", "1"]))
+    config.data_dir = args.hypercl_data or str(Path(args.hypercl).resolve() / "datasets")
+    handlers = train_utils._generate_tasks(config)
+    c = load_config(ROOT / "experiments" / "configs" / f"{args.stream}.py")
+    c.data.data_dir = args.data
+    stream = build_stream(seed_configs(c)[0].data)
+    rows = []
+    for t in range(min(args.tasks, stream.num_experiences)):
+        d, e = handlers[t], stream.experiences[t]
+        for split, inputs, outputs in (("train", d.get_train_inputs, d.get_train_outputs),
+                                       ("test", d.get_test_inputs, d.get_test_outputs)):
+            x = d.input_to_torch_tensor(inputs(), torch.device("cpu"), mode="inference").numpy()
+            theirs = _pairs(np.rint(x * 255).astype(np.uint8), np.argmax(outputs(), axis=1))
+            ours = _pairs(getattr(e, f"{split}_images"), getattr(e, f"{split}_labels"))
+            row = {"task": t, "split": split, "samples_ours": len(ours), "samples_theirs": len(theirs),
+                   "same_data": ours == theirs}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
     return rows
+
+
+def _pairs(images, labels):
+    """The sorted list of (image bytes, label) of N images (any shape [N, ...], uint8) and labels."""
+    flat = np.ascontiguousarray(images.reshape(len(images), -1))
+    return sorted(zip((row.tobytes() for row in flat), (int(y) for y in labels)))
 
 
 def _float32_gradients(hn, psi, hnet, mnet, batches, classes, side):

@@ -219,8 +219,10 @@ def von_oswald_replay(c: ml_collections.ConfigDict, *, encoder_dims: tuple[int, 
 
 
 def seed_configs(config: ml_collections.ConfigDict) -> list[ml_collections.ConfigDict]:
-    """The config of each seed of `config.seeds` (seed = s, seeds = (); the stream's seed follows
-    `seed` unless set on its own), or [config] when it names none."""
+    """The config of each seed of `config.seeds` (seed = s, seeds = ()), or [config] when it names none.
+    The stream's seed follows `seed` (base_config makes `data.seed` a reference to it, so an override of
+    either sets both) unless the config file gives it a value of its own (permuted_mnist.py: 42, the
+    reference's tasks for every seed)."""
     configs = []
     for s in config.seeds:
         c = copy.deepcopy(config)
