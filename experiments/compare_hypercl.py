@@ -78,8 +78,7 @@ def main(argv=None):
     if not jax.config.jax_enable_x64:
         raise SystemExit("run with JAX_ENABLE_X64=1: the comparison is in float64")
     torch.set_default_dtype(torch.float64)
-    from mnist import train_args, train_utils
-    from mnist.train_args_default import _set_default
+    from mnist import train_utils
     from mnist.train_splitMNIST import train_class_one_t
     from phn_jax.config import check_config, load_config
     from phn_jax.strategies import create_strategy
@@ -116,9 +115,7 @@ def main(argv=None):
         def __getattr__(self, name):
             return lambda *a, **k: None
 
-    config = train_args.parse_cmd_arguments(mode=mode, argv=["--infer_task_id", "--cl_scenario", "1",
-                                                             "--num_tasks", str(args.tasks)])
-    config = _set_default(config)
+    config = _their_config(mode, ["--num_tasks", str(args.tasks)])
     config.num_tasks = args.tasks  # (_set_default_split sets 5)
     config.training_with_hnet, config.training_task_infer, config.show_plots = True, False, False
     config.n_iter = args.steps
@@ -168,15 +165,23 @@ def main(argv=None):
     return data_rows + rows
 
 
+def _their_config(mode, argv=()):
+    """hypercl's settings for its hypernetwork classifier in CL1 (`--infer_task_id --cl_scenario 1`), with
+    its `_set_default` values for the stream (mode 'perm' or 'split')."""
+    from mnist import train_args
+    from mnist.train_args_default import _set_default
+    return _set_default(train_args.parse_cmd_arguments(mode=mode, argv=["--infer_task_id", "--cl_scenario", "1",
+                                                                        *argv]))
+
+
 def _same_data(args, mode):
     """Per task and split, whether our stream's (image, label) pairs equal hypercl's handlers' (as
     multisets; the images as uint8 after padding and permutation, the labels within the task)."""
     import torch
-    from mnist import train_args, train_utils
-    from mnist.train_args_default import _set_default
+    from mnist import train_utils
     from phn_jax.config import load_config, seed_configs
     from phn_jax.data import build_stream
-    config = _set_default(train_args.parse_cmd_arguments(mode=mode, argv=["--infer_task_id", "--cl_scenario", "1"]))
+    config = _their_config(mode)
     config.data_dir = args.hypercl_data or str(Path(args.hypercl).resolve() / "datasets")
     handlers = train_utils._generate_tasks(config)
     c = load_config(ROOT / "experiments" / "configs" / f"{args.stream}.py")
