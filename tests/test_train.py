@@ -243,6 +243,13 @@ def _array_files(workdir, step) -> list[Path]:
     return sorted(files, key=lambda p: -p.stat().st_size)
 
 
+def _flip(path: Path, where, bits: int) -> None:
+    """XOR byte `where(size)` of `path` with `bits` in place (never a no-op, whatever the byte was)."""
+    data = bytearray(path.read_bytes())
+    data[where(len(data))] ^= bits
+    path.write_bytes(bytes(data))
+
+
 def _random_bytes(path: Path, rng) -> None:
     """64 KB of random bytes (the whole file, if smaller) at a random place in `path`, its size kept."""
     data = bytearray(path.read_bytes())
@@ -345,9 +352,7 @@ def test_verify_checks_every_checkpoint_and_changes_nothing(hn_run, tmp_path):
         assert set(listed) == files
         assert all(hashlib.sha256((here / f).read_bytes()).hexdigest() == d for f, d in listed.items())
     older = _array_files(run, steps[0])[0]
-    data = bytearray(older.read_bytes())
-    data[len(data) // 2] ^= 0x10  # one bit
-    older.write_bytes(bytes(data))
+    _flip(older, lambda n: n // 2, 0x10)  # one bit
     before = sorted((p, p.stat().st_mtime_ns) for p in run.rglob("*"))
     (first, damage, _, _), (second, intact, _, verified) = checkpoint.verify_run(run)  # (`--verify`'s exit 2: test_system)
     assert (first, second, intact, verified) == (steps[0], steps[1], None, True)
@@ -355,9 +360,7 @@ def test_verify_checks_every_checkpoint_and_changes_nothing(hn_run, tmp_path):
                      "bytes changed on disk)"
     assert sorted((p, p.stat().st_mtime_ns) for p in run.rglob("*")) == before
     newest = _array_files(run, steps[1])[0]
-    data = bytearray(newest.read_bytes())
-    data[-1] ^= 0xFF  # a changed last byte (writing a 0 there changed nothing where it already was 0)
-    newest.write_bytes(bytes(data))
+    _flip(newest, lambda n: n - 1, 0xFF)  # a changed last byte (writing a 0 there changed nothing where it was 0)
     with pytest.raises(checkpoint.CheckpointError, match=f"checkpoint .*{steps[1]} is damaged: its file .* does not "
                                                          "match its checksum.*make verify"):
         rundir.load_frozen_part(run, 2)
