@@ -48,8 +48,8 @@ class Setup:
     """What a run is made of, built from its config before anything is written.
 
     A multi-seed run (`config.seeds`) has one config and one stream per seed (each seed draws its own
-    class order) and one strategy and mesh for all; its state, data and keys carry a leading seed
-    axis (`stacked`).
+    class order or permutations, unless the config fixes `data.seed`, as permuted_mnist.py does) and one
+    strategy and mesh for all; its state, data and keys carry a leading seed axis (`stacked`).
     """
 
     config: object
