@@ -84,7 +84,8 @@ def main(argv=None):
     from phn_jax.strategies import create_strategy
 
     mode, side, classes = STREAMS[args.stream]
-    data_rows = _same_data(args, mode) if args.data else []
+    c = load_config(ROOT / "experiments" / "configs" / f"{args.stream}.py")
+    data_rows = _same_data(args, mode, c) if args.data else []
     rng = np.random.default_rng(0)
     batches = [[(rng.random((BATCH, side * side)), rng.integers(0, classes, BATCH)) for _ in range(args.steps)]
                for _ in range(args.tasks)]
@@ -130,7 +131,6 @@ def main(argv=None):
         return {"chunk_embeddings": th[0], "embeddings": np.stack([e.detach().numpy() for e in hnet.get_task_embs()]),
                 "mlp": layers, "output": {"kernel": th[-2].T, "bias": th[-1]}, "tables": {}}
 
-    c = load_config(ROOT / "experiments" / "configs" / f"{args.stream}.py")
     c.data.num_experiences = args.tasks
     if args.lookahead_step:
         c.strategy.lookahead_step = args.lookahead_step
@@ -174,19 +174,18 @@ def _their_config(mode, argv=()):
                                                                         *argv]))
 
 
-def _same_data(args, mode):
-    """Per task and split, whether our stream's (image, label) pairs equal hypercl's handlers' (as
-    multisets; the images as uint8 after padding and permutation, the labels within the task)."""
+def _same_data(args, mode, c):
+    """Per task and split, whether the stream of our config `c` gives the (image, label) pairs of hypercl's
+    handlers (as multisets; the images as uint8 after padding and permutation, the labels within the task)."""
     import torch
     from mnist import train_utils
-    from phn_jax.config import load_config, seed_configs
     from phn_jax.data import build_stream
     config = _their_config(mode)
     config.data_dir = args.hypercl_data or str(Path(args.hypercl).resolve() / "datasets")
     handlers = train_utils._generate_tasks(config)
-    c = load_config(ROOT / "experiments" / "configs" / f"{args.stream}.py")
-    c.data.data_dir = args.data
-    stream = build_stream(seed_configs(c)[0].data)
+    data = copy.deepcopy(c).data  # (`c` keeps its data_dir)
+    data.data_dir = args.data
+    stream = build_stream(data)
     rows = []
     for t in range(min(args.tasks, stream.num_experiences)):
         d, e = handlers[t], stream.experiences[t]
